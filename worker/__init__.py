@@ -1,0 +1,1 @@
+"""Streaming relevance worker: Kafka in, Triton's Query-LIFE ensemble, Kafka out."""

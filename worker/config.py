@@ -1,0 +1,113 @@
+"""All runtime configuration, from environment variables (README "Configuration" lists them).
+
+Local demo and tests use the defaults and point at services started by `worker.local_services`;
+production sets the same variables to its Kafka cluster and Triton, with no code change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """Kafka connection; security settings are passed through to kafka-python unchanged."""
+
+    model_config = SettingsConfigDict(env_prefix="QL_KAFKA_")
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    client_id: str = "querylife-worker"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    max_poll_interval_ms: int = 120_000
+    request_timeout_ms: int = 30_000
+
+    def common_config(self) -> dict[str, Any]:
+        """Keyword arguments shared by kafka-python's producer, consumer and admin client."""
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_plain_username
+            if self.sasl_plain_password is not None:
+                cfg["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            cfg["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                value = getattr(self, name)
+                if value is not None:
+                    cfg[name] = str(value)
+        return cfg
+
+
+class TopicSettings(BaseSettings):
+    """Topic names: one place, so the ranker, analysts and the worker agree."""
+
+    model_config = SettingsConfigDict(env_prefix="QL_TOPIC_")
+
+    product_upserts: str = "querylife.product-upserts"
+    query_logs: str = "querylife.query-logs"
+    product_embeddings: str = "querylife.product-embeddings"
+    relevance_scores: str = "querylife.relevance-scores"
+    ab_metrics: str = "querylife.ab-metrics"
+    dead_letter: str = "querylife.dead-letter"
+    partitions: int = 3
+    replication_factor: int = 1
+
+
+class TritonSettings(BaseSettings):
+    """Where the Query-LIFE ensemble is served, and how hard to try."""
+
+    model_config = SettingsConfigDict(env_prefix="QL_TRITON_")
+
+    url: str = "127.0.0.1:18001"
+    protocol: Literal["grpc", "http"] = "grpc"
+    ssl: bool = False
+    root_certificates: Path | None = None
+    private_key: Path | None = None
+    certificate_chain: Path | None = None
+    timeout_s: float = 30.0
+    max_batch: int = 32
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+
+
+class WorkerSettings(BaseSettings):
+    """Batching, state and observability of one worker process."""
+
+    model_config = SettingsConfigDict(env_prefix="QL_WORKER_")
+
+    product_group: str = "querylife-product-worker"
+    query_group: str = "querylife-query-worker"
+    batch_max_events: int = 64
+    batch_max_wait_ms: int = 50
+    image_root: Path | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    ab_window_s: int = 300
+    unknown_product_wait_s: float = 2.0
+    name: str = Field(default="worker", max_length=64)
+
+
+class Settings(BaseSettings):
+    """Everything, grouped; each group reads its own `QL_<GROUP>_*` variables."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
