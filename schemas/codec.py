@@ -18,7 +18,7 @@ class EventError(ValueError):
     def __init__(self, reason: str, message: str, field: str | None = None) -> None:
         self.reason = reason
         self.field = field
-        super().__init__(f"{field}: {message}" if field else message)
+        super().__init__(message)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
