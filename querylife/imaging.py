@@ -1,0 +1,103 @@
+"""Safe image decoding and preprocessing (Pillow + torch; no torchvision transforms).
+
+The Triton image encoder uses exactly these functions, so training, evaluation and serving see
+identical pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from querylife.towers import DEFAULT_IMAGE_SIZE, IMAGE_MEAN, IMAGE_STD
+from schemas.limits import LIMITS
+
+
+class ImageError(ValueError):
+    """An image that cannot be used. ``reason`` is a stable machine-readable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def decode_image(
+    data: bytes,
+    max_bytes: int = LIMITS.max_image_bytes,
+    max_pixels: int = LIMITS.max_image_pixels,
+    allowed_formats: Sequence[str] = LIMITS.allowed_image_formats,
+) -> Image.Image:
+    """Decode ``data`` into an RGB image, enforcing size, pixel-count and format limits.
+
+    The header is parsed first (``Image.open`` is lazy) so the pixel count and format are checked
+    before any pixel data is decoded; a file whose header claims more than ``max_pixels`` is refused
+    as ``decompression_bomb`` without allocating it.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ImageError("image_decode_error", f"expected bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError("image_decode_error", "empty image payload")
+    if len(data) > max_bytes:
+        raise ImageError("image_too_large", f"{len(data)} bytes > limit {max_bytes}")
+    allowed = {f.upper() for f in allowed_formats}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(bytes(data)), formats=None)
+            fmt = (img.format or "").upper()
+            if fmt not in allowed:
+                raise ImageError(
+                    "unsupported_image_format", f"format {fmt or 'unknown'} not in {sorted(allowed)}"
+                )
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise ImageError("image_decode_error", f"invalid dimensions {width}x{height}")
+            if width * height > max_pixels:
+                raise ImageError(
+                    "decompression_bomb", f"{width}x{height} = {width * height} pixels > limit {max_pixels}"
+                )
+            if getattr(img, "n_frames", 1) > 1 and fmt != "WEBP":
+                raise ImageError("unsupported_image_format", "multi-frame images are not accepted")
+            img.load()  # full decode: raises on truncated / corrupt data
+            rgb = img.convert("RGB")
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("decompression_bomb", str(exc)) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError("unsupported_image_format", "not a recognised image") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError("image_decode_error", f"{type(exc).__name__}: {exc}") from exc
+    return rgb
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` (bicubic) then center-crop ``size`` x ``size``."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+_MEAN = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+
+
+def preprocess(images: Sequence[Image.Image], image_size: int = DEFAULT_IMAGE_SIZE) -> torch.Tensor:
+    """Images -> float tensor [N, 3, S, S], normalised with mean = std = 0.5 (range [-1, 1])."""
+    if len(images) == 0:
+        return torch.empty(0, 3, image_size, image_size)
+    arr = np.stack([np.asarray(resize_center_crop(im, image_size), dtype=np.uint8) for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - _MEAN) / _STD
