@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -53,7 +52,7 @@ class RelevanceScore(StrictModel):
     status: Literal["scored", "unknown_product"] = "scored"
     score: Probability | None = None
     similarity: float | None = None
-    label: ScoreLabel | None = None
+    label: Annotated[ScoreLabel, Field(strict=False)] | None = None  # JSON carries the enum as a string
     model_version: str
     scored_at: EventTime
 
@@ -67,17 +66,34 @@ class Interval(StrictModel):
 
 
 class ABMetrics(StrictModel):
-    """Per-variant, per-window relevance and conversion (key: `variant:window_start`, replays overwrite)."""
+    """Relevance and conversion of one A/B variant in one time window.
+
+    Each query worker emits the partial aggregate of one query-log partition (`source_partition`),
+    keyed `variant:window_start:partition` in a compacted topic, with `last_offset`, the highest
+    input offset it includes: after a crash the worker restores it and skips what it already
+    counted, so counts are exact under at-least-once delivery. `worker.ab_metrics.merge` sums the
+    partials into the per-variant view (`source_partition = -1`) that analysts read.
+    CTR is clicks per impression; conversion is the share of queries with at least one order;
+    intervals are 95 % Wilson score intervals.
+    """
 
     schema_version: Literal[1] = 1
     variant: Variant
     window_start: EventTime
     window_end: EventTime
+    source_partition: int = Field(ge=-1)
+    last_offset: int = Field(ge=-1)
     queries: int = Field(ge=0)
+    queries_with_order: int = Field(ge=0)
     impressions: int = Field(ge=0)
     clicks: int = Field(ge=0)
     orders: int = Field(ge=0)
     scored_impressions: int = Field(ge=0)
+    scored_clicks: int = Field(ge=0)
+    scored_top3: int = Field(ge=0)
+    relevance_sum_shown: float = Field(ge=0)
+    relevance_sum_clicked: float = Field(ge=0)
+    relevance_sum_top3: float = Field(ge=0)
     mean_relevance_shown: Probability | None
     mean_relevance_clicked: Probability | None
     mean_relevance_top3: Probability | None
@@ -89,7 +105,7 @@ class ABMetrics(StrictModel):
     emitted_at: EventTime
 
     def key(self) -> bytes:
-        return f"{self.variant}:{self.window_start.isoformat()}".encode()
+        return f"{self.variant}:{self.window_start.isoformat()}:{self.source_partition}".encode()
 
 
 class DeadLetter(StrictModel):
@@ -116,7 +132,3 @@ class DeadLetter(StrictModel):
     @field_serializer("key", "original")
     def _to_base64(self, value: bytes | None) -> str | None:
         return None if value is None else base64.b64encode(value).decode("ascii")
-
-
-def utc_iso(dt: datetime) -> str:
-    return dt.isoformat()

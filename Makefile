@@ -1,0 +1,20 @@
+# The two commands that matter: `make demo` and `make test`. Each installs what it needs first.
+.PHONY: install demo test test-fast bench reliability reproduce schemas
+
+install:
+	@scripts/install.sh
+
+demo: install
+	.venv/bin/python -m worker.demo $(ARGS)
+
+test: install
+	scripts/check.sh $(ARGS)
+
+bench: install
+	.venv/bin/python -m benchmarks.end_to_end $(ARGS)
+
+reproduce: install
+	.venv/bin/querylife reproduce $(ARGS)
+
+schemas: install
+	.venv/bin/python -m schemas.export

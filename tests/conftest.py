@@ -1,0 +1,63 @@
+"""Session fixtures: ONE real Tansu broker and ONE real Triton (serving the exported Query-LIFE
+ensemble) for the whole suite. Tests isolate themselves by topic names and group ids, never by mocks."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings  # noqa: E402
+from worker.local_services import LocalBroker, LocalTriton, prepare_model_repository  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "fashion-products"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "products.jsonl").exists():
+        pytest.fail(f"the shared catalogue is missing at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    b = LocalBroker(log_dir=tmp_path_factory.mktemp("broker")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_model_repository(tmp_path_factory.mktemp("triton") / "model_repository")
+
+
+@pytest.fixture(scope="session")
+def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+    t = LocalTriton(model_repository, log_dir=tmp_path_factory.mktemp("triton-logs")).start()
+    yield t
+    t.stop()
+
+
+def make_settings(broker: LocalBroker, triton: LocalTriton | None = None, **worker: object) -> Settings:
+    """Settings on the test services with fresh topic names and group ids, so tests never interfere."""
+    tag = uuid.uuid4().hex[:8]
+    topics = TopicSettings(**{
+        name: f"t{tag}.{name}" for name in ("product_upserts", "query_logs", "product_embeddings",
+                                             "relevance_scores", "ab_metrics", "dead_letter")})
+    return Settings(
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=6000,
+                            heartbeat_interval_ms=1000),
+        topics=topics,
+        triton=TritonSettings(url=triton.grpc_url if triton else "127.0.0.1:1", timeout_s=20,
+                              retry_initial_s=0.1, retry_max_s=1.0),
+        worker=WorkerSettings(product_group=f"g{tag}-product", query_group=f"g{tag}-query",
+                              name=f"test-{tag}", **worker),  # type: ignore[arg-type]
+    )

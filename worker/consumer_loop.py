@@ -1,0 +1,241 @@
+"""The at-least-once micro-batch loop shared by the product and query paths.
+
+poll (max records / max wait) -> processor builds every output of the batch (dead letters included)
+-> produce all -> flush and check every ack -> commit the batch's offsets. Nothing is committed
+before its outputs are acknowledged, so a crash anywhere replays the batch; outputs are keyed so a
+replay overwrites instead of duplicating. Triton being unavailable pauses the partitions and backs
+off while still polling (the group membership stays alive, no busy loop, no commit).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from schemas import DeadLetter, EventError, encode
+from worker.config import Settings
+from worker.observability import (
+    BATCH_SIZE,
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    E2E_LATENCY,
+    EVENTS_IN,
+    EVENTS_OUT,
+    TRITON_RETRIES,
+    Liveness,
+)
+from worker.triton_client import TritonUnavailable
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record to produce; `value=None` is a tombstone (a delete in a compacted topic)."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+
+
+class BatchProcessor(Protocol):
+    """What a path does with a batch. It must be deterministic given the same records and state."""
+
+    path: str
+
+    def process(self, records: Sequence[ConsumerRecord]) -> list[Output]: ...
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None: ...
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None: ...
+
+    def idle(self) -> None: ...
+
+
+def dead_letter(record: ConsumerRecord, error: Exception, topic: str, worker: str,
+                event_id: str | None = None) -> Output:
+    """Wrap an input that cannot be processed; keyed by its coordinates so a replay overwrites it."""
+    reason = error.reason if isinstance(error, EventError) else type(error).__name__
+    letter = DeadLetter(
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        original=record.value if record.value is not None else b"",
+        reason=reason[:64],
+        error_class=type(error).__name__,
+        error_message=str(error)[:2000],
+        event_id=event_id,
+        failed_at=datetime.now(UTC),
+        worker=worker,
+    )
+    DEAD_LETTERS.labels(record.topic, letter.reason).inc()
+    log.warning("dead_letter", topic=record.topic, partition=record.partition, offset=record.offset,
+                reason=letter.reason, error=letter.error_message[:200], event_id=event_id)
+    return Output(topic, f"{record.topic}:{record.partition}:{record.offset}".encode(), encode(letter))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        parts = set(revoked)
+        self.loop.revoked |= parts
+        self.loop.processor.on_revoked(parts)
+        log.info("partitions_revoked", path=self.loop.processor.path, partitions=sorted(str(p) for p in parts))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        parts = set(assigned)
+        self.loop.revoked -= parts
+        self.loop.processor.on_assigned(parts)
+        log.info("partitions_assigned", path=self.loop.processor.path, partitions=sorted(str(p) for p in parts))
+
+
+class ConsumerLoop:
+    """Runs one processor on one input topic inside one consumer group until `stop` is set."""
+
+    def __init__(self, settings: Settings, topic: str, group_id: str, processor: BatchProcessor,
+                 consumer: KafkaConsumer, producer: KafkaProducer, liveness: Liveness,
+                 on_committed: Callable[[int], None] | None = None) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.group_id = group_id
+        self.processor = processor
+        self.consumer = consumer
+        self.producer = producer
+        self.liveness = liveness
+        self.on_committed = on_committed
+        self.revoked: set[TopicPartition] = set()
+        self.drain_timeout_s = 30.0
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        worker = self.settings.worker
+        log.info("consumer_started", path=self.processor.path, topic=self.topic, group=self.group_id)
+        while not stop.is_set():
+            self.liveness.beat()
+            polled = self.consumer.poll(timeout_ms=worker.batch_max_wait_ms, max_records=worker.batch_max_events)
+            records = [rec for tp in sorted(polled, key=lambda t: t.partition) for rec in polled[tp]]
+            self._report_lag()
+            if not records:
+                self.processor.idle()
+                continue
+            EVENTS_IN.labels(self.topic).inc(len(records))
+            BATCH_SIZE.labels(self.processor.path).observe(len(records))
+            self._handle(records, stop)
+        self._close()
+
+    def _handle(self, records: list[ConsumerRecord], stop: threading.Event) -> None:
+        outputs = self._process_with_backoff(records, stop)
+        if outputs is None:
+            return
+        records = [r for r in records if TopicPartition(r.topic, r.partition) not in self.revoked]
+        if not records:
+            return
+        if not self._publish(outputs, stop):
+            return
+        now = time.time()
+        for rec in records:
+            E2E_LATENCY.labels(self.processor.path).observe(max(0.0, now - rec.timestamp / 1000.0))
+        self._commit(records)
+
+    def _backoff_sleep(self, delay_s: float) -> None:
+        """Wait while keeping the group membership: poll with every partition paused."""
+        assigned = list(self.consumer.assignment())
+        if assigned:
+            self.consumer.pause(*assigned)
+        deadline = time.monotonic() + delay_s
+        while (left := deadline - time.monotonic()) > 0:
+            self.liveness.beat()
+            self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
+        still = [tp for tp in assigned if tp in self.consumer.assignment()]
+        if still:
+            self.consumer.resume(*still)
+
+    def _process_with_backoff(self, records: list[ConsumerRecord], stop: threading.Event) -> list[Output] | None:
+        triton = self.settings.triton
+        delay = triton.retry_initial_s
+        started = time.monotonic()
+        while True:
+            try:
+                return self.processor.process(records)
+            except TritonUnavailable as exc:
+                TRITON_RETRIES.inc()
+                if stop.is_set() and time.monotonic() - started > self.drain_timeout_s:
+                    log.warning("drain_abandoned", path=self.processor.path, reason="triton unavailable",
+                                records=len(records))
+                    return None
+                log.warning("triton_unavailable", path=self.processor.path, retry_in_s=round(delay, 2),
+                            error=str(exc)[:200])
+                self._backoff_sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, triton.retry_max_s)
+                records[:] = [r for r in records if TopicPartition(r.topic, r.partition) not in self.revoked]
+                if not records:
+                    return None
+
+    def _publish(self, outputs: list[Output], stop: threading.Event) -> bool:
+        """Produce and wait for every ack; retry the whole set (idempotent by key) on broker errors."""
+        delay = 0.5
+        started = time.monotonic()
+        while True:
+            try:
+                futures = [(out.topic, self.producer.send(out.topic, key=out.key, value=out.value))
+                           for out in outputs]
+                self.producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000)
+                for topic, fut in futures:
+                    fut.get(timeout=1)
+                    EVENTS_OUT.labels(topic).inc()
+                return True
+            except KafkaError as exc:
+                if stop.is_set() and time.monotonic() - started > self.drain_timeout_s:
+                    return False
+                log.warning("publish_failed", path=self.processor.path, error=str(exc)[:200], retry_in_s=delay)
+                self._backoff_sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _commit(self, records: list[ConsumerRecord]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            if tp not in offsets or rec.offset + 1 > offsets[tp].offset:
+                offsets[tp] = OffsetAndMetadata(rec.offset + 1, "", -1)
+        try:
+            self.consumer.commit(offsets=offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced: the new owner replays from the last commit; our outputs are idempotent.
+            log.warning("commit_failed_rebalanced", path=self.processor.path, error=str(exc)[:200])
+            return
+        if self.on_committed:
+            self.on_committed(len(records))
+
+    def _report_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = self.consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            if position is not None:
+                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+
+    def _close(self) -> None:
+        log.info("consumer_stopping", path=self.processor.path)
+        try:
+            self.consumer.close(autocommit=False)
+        except KafkaError as exc:
+            log.warning("consumer_close_failed", error=str(exc)[:200])

@@ -1,0 +1,125 @@
+"""Demo traffic: the fashion catalogue as upsert events, and simulated search logs for an A/B test.
+
+Variant "A" (control) ranks candidates by title word overlap with the query; variant "B" ranks by
+overlap with the product's type, colour, gender and usage as well. Simulated shoppers click with a
+probability that grows with the product's true (generated) relevance grade and falls with position,
+and order some of what they click. So B should show higher relevance and conversion; the model's
+scores, which never see the grades, should agree.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from schemas import Impression, ProductImage, ProductUpsert, QueryLog
+
+ATTRIBUTES = ("colour", "gender", "usage", "season", "master_category", "sub_category")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def load_catalogue(data_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Products from `products.jsonl`, in file order."""
+    products = []
+    with open(data_dir / "products.jsonl", "rb") as fh:
+        for line in fh:
+            if line.strip():
+                products.append(orjson.loads(line))
+            if limit is not None and len(products) >= limit:
+                break
+    return products
+
+
+def product_event(product: dict[str, Any], when: datetime, inline_image_root: Path | None = None,
+                  ) -> ProductUpsert:
+    """An upsert for one catalogue row; the image by path, or inline bytes when a root is given."""
+    image: ProductImage | None = None
+    if product.get("image_path"):
+        if inline_image_root is not None:
+            data = (inline_image_root / product["image_path"]).read_bytes()
+            image = ProductImage(data=data)
+        else:
+            image = ProductImage(path=product["image_path"])
+    return ProductUpsert(
+        event_id=f"p-{product['product_id']}-{int(when.timestamp())}",
+        event_time=when,
+        product_id=str(product["product_id"]),
+        title=product.get("title") or None,
+        product_type=product["product_type"],
+        attributes={k: str(product[k])[:64] for k in ATTRIBUTES if product.get(k)},
+        image=image,
+    )
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def _stem(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+
+
+class _Ranker:
+    """Inverted index over title words (A) or title + attribute words (B)."""
+
+    def __init__(self, products: list[dict[str, Any]], with_attributes: bool) -> None:
+        self.products = products
+        self.tokens: list[set[str]] = []
+        self.index: dict[str, list[int]] = defaultdict(list)
+        for i, p in enumerate(products):
+            text = p.get("title") or ""
+            if with_attributes:
+                text += " " + " ".join(str(p.get(k) or "") for k in ("product_type", "colour", "gender", "usage"))
+            toks = {_stem(w) for w in _words(text)}
+            self.tokens.append(toks)
+            for tok in toks:
+                self.index[tok].append(i)
+
+    def rank(self, query: str, k: int, rng: random.Random) -> list[int]:
+        q = {_stem(w) for w in _words(query)}
+        counts: dict[int, int] = defaultdict(int)
+        for tok in q:
+            for i in self.index.get(tok, ()):
+                counts[i] += 1
+        scored = sorted(counts.items(), key=lambda kv: (-kv[1], rng.random()))
+        return [i for i, _ in scored[:k]]
+
+
+def query_log_events(products: list[dict[str, Any]], count: int, seed: int = 7, start: datetime | None = None,
+                     impressions_per_query: int = 10) -> Iterator[tuple[QueryLog, dict[str, int]]]:
+    """`count` query logs alternating variants A/B, each with the true grades of what it showed."""
+    from querylife.querygen import generate_queries
+
+    rng = random.Random(seed)
+    queries = generate_queries(products, seed=seed, per_product=1)
+    rng.shuffle(queries)
+    rankers = {"A": _Ranker(products, with_attributes=False), "B": _Ranker(products, with_attributes=True)}
+    start = start or datetime.now(UTC) - timedelta(minutes=10)
+    for n in range(count):
+        query = queries[n % len(queries)]
+        variant = "A" if n % 2 == 0 else "B"
+        shown = rankers[variant].rank(query.text, impressions_per_query, rng)
+        if not shown:
+            continue
+        grades = {str(products[i]["product_id"]): query.relevance.get(str(products[i]["product_id"]), 0)
+                  for i in shown}
+        impressions = []
+        for pos, i in enumerate(shown, start=1):
+            pid = str(products[i]["product_id"])
+            p_click = (0.04 + 0.22 * grades[pid]) / math.log2(pos + 1)
+            clicked = rng.random() < p_click
+            ordered = clicked and rng.random() < 0.12 * grades[pid]
+            impressions.append(Impression(product_id=pid, position=pos, clicked=clicked, ordered=ordered))
+        event = QueryLog(
+            event_id=f"q-{seed}-{n}", event_time=start + timedelta(milliseconds=200 * n),
+            query_id=f"qid-{seed}-{n}", query=query.text, user_id=f"u{rng.randrange(500)}",
+            session_id=f"s{n // 3}", variant=variant, impressions=impressions)
+        yield event, grades

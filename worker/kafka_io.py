@@ -1,0 +1,93 @@
+"""kafka-python clients built from settings: one place for delivery-critical options."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import TopicPartition
+
+from worker.config import KafkaSettings, Settings, TopicSettings
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """acks=all and one request in flight: an acknowledged output is durable and per-key ordered."""
+    cfg: dict[str, Any] = kafka.common_config() | {
+        "acks": "all",
+        "linger_ms": 5,
+        "retries": 10,
+        "max_in_flight_requests_per_connection": 1,
+        "max_request_size": 4 * 1024 * 1024,
+    }
+    return KafkaProducer(**(cfg | overrides))
+
+
+def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) -> KafkaConsumer:
+    """Manual commits only: offsets move after the outputs of a batch are acknowledged."""
+    cfg: dict[str, Any] = kafka.common_config() | {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+    }
+    return KafkaConsumer(**(cfg | overrides))
+
+
+def topic_specs(topics: TopicSettings) -> list[NewTopic]:
+    """Every topic of the pipeline; the embeddings topic is compacted (it is a table, keyed by product)."""
+    keep_week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+    names = {
+        topics.product_upserts: keep_week,
+        topics.query_logs: keep_week,
+        topics.product_embeddings: {"cleanup.policy": "compact"},
+        topics.relevance_scores: {"cleanup.policy": "compact"},
+        topics.ab_metrics: {"cleanup.policy": "compact"},
+        topics.dead_letter: {"retention.ms": str(30 * 24 * 3600 * 1000)},
+    }
+    return [
+        NewTopic(name, num_partitions=topics.partitions, replication_factor=topics.replication_factor,
+                 topic_configs=configs)
+        for name, configs in names.items()
+    ]
+
+
+def create_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
+    """Create missing topics (idempotent); returns the names that were created."""
+    admin = KafkaAdminClient(**kafka.common_config())
+    try:
+        existing = set(admin.list_topics())
+        missing = [spec for spec in topic_specs(topics) if spec.name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+        return [spec.name for spec in missing]
+    finally:
+        admin.close()
+
+
+def read_topic(settings: Settings, topic: str, idle_s: float = 2.0) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) currently in a topic, from the beginning, stopping after `idle_s` of silence."""
+    consumer = make_consumer(settings.kafka, None)
+    parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    out: list[tuple[bytes | None, bytes | None]] = []
+    deadline = time.monotonic() + idle_s
+    while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=200)
+        for records in batch.values():
+            out.extend((r.key, r.value) for r in records)
+        if batch:
+            deadline = time.monotonic() + idle_s
+    consumer.close(autocommit=False)
+    return out

@@ -1,0 +1,83 @@
+"""Structured logs and Prometheus metrics, plus a `/healthz` liveness endpoint on the metrics port."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+EVENTS_IN = Counter("querylife_events_in_total", "Records consumed", ["topic"])
+EVENTS_OUT = Counter("querylife_events_out_total", "Records produced and acknowledged", ["topic"])
+DEAD_LETTERS = Counter("querylife_dead_letters_total", "Inputs sent to the dead-letter topic", ["topic", "reason"])
+BATCH_SIZE = Histogram("querylife_batch_size", "Records per processed batch", ["path"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+TRITON_LATENCY = Histogram("querylife_triton_latency_seconds", "Triton round trip", ["call"],
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+E2E_LATENCY = Histogram("querylife_end_to_end_latency_seconds", "Output ack time minus input record time",
+                        ["path"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+CONSUMER_LAG = Gauge("querylife_consumer_lag", "High watermark minus position", ["topic", "partition"])
+TRITON_RETRIES = Counter("querylife_triton_retries_total", "Batches retried because Triton was unavailable")
+UNKNOWN_PRODUCTS = Counter("querylife_unknown_products_total", "Impressions whose product had no embedding")
+STATE_PRODUCTS = Gauge("querylife_state_products", "Product embeddings held by a query worker")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stderr; every record carries its event ids as fields."""
+    logging.basicConfig(level=level, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+
+
+class Liveness:
+    """The consumer loop beats; `/healthz` fails when it has not beaten within `max_silence_s`."""
+
+    def __init__(self, max_silence_s: float = 60.0) -> None:
+        self.max_silence_s = max_silence_s
+        self._last = time.monotonic()
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._last < self.max_silence_s
+
+
+def serve_metrics(host: str, port: int, liveness: Liveness) -> ThreadingHTTPServer:
+    """Serve `/metrics` and `/healthz` on a daemon thread; port 0 picks a free one (see `.server_port`)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/healthz"):
+                ok = liveness.healthy()
+                body, status, ctype = (b"ok\n" if ok else b"stalled\n"), (200 if ok else 503), "text/plain"
+            elif self.path.startswith("/metrics"):
+                body, status, ctype = generate_latest(), 200, CONTENT_TYPE_LATEST
+            else:
+                body, status, ctype = b"not found\n", 404, "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: scrapes are not news
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

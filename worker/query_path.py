@@ -1,0 +1,169 @@
+"""Query path: query logs -> Triton `query_relevance` against the embeddings state -> scores + A/B metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+import structlog
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from schemas import (
+    ABMetrics,
+    EventError,
+    ProductEmbedding,
+    QueryLog,
+    RelevanceScore,
+    ScoreLabel,
+    decode_event,
+    encode,
+)
+from worker.ab_metrics import ABAggregator, WindowKey
+from worker.config import Settings
+from worker.consumer_loop import Output, dead_letter
+from worker.observability import STATE_PRODUCTS, TRITON_LATENCY, UNKNOWN_PRODUCTS
+from worker.state_reader import TopicReader
+from worker.triton_client import RelevanceClient
+
+log = structlog.get_logger()
+
+
+class EmbeddingState:
+    """All product embeddings, rebuilt from the compacted topic on start and kept current by following it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.reader = TopicReader(settings.kafka, settings.topics.product_embeddings)
+        self.vectors: dict[str, np.ndarray] = {}
+        self.invalid = 0
+
+    def _apply(self, rec: ConsumerRecord) -> None:
+        key = rec.key.decode() if rec.key else None
+        if key is None:
+            self.invalid += 1
+            return
+        if rec.value is None:
+            self.vectors.pop(key, None)  # tombstone: product deleted
+            return
+        try:
+            state = decode_event(ProductEmbedding, rec.value, max_bytes=1 << 20)
+        except EventError as exc:
+            self.invalid += 1
+            log.warning("invalid_state_record", key=key, reason=exc.reason)
+            return
+        self.vectors[key] = np.asarray(state.embedding, dtype=np.float32)
+
+    def load(self) -> int:
+        started = time.monotonic()
+        self.reader.read_to_end(self._apply)
+        STATE_PRODUCTS.set(len(self.vectors))
+        log.info("embedding_state_loaded", products=len(self.vectors), seconds=round(time.monotonic() - started, 2))
+        return len(self.vectors)
+
+    def follow(self, timeout_ms: int = 0) -> None:
+        if self.reader.follow(self._apply, timeout_ms):
+            STATE_PRODUCTS.set(len(self.vectors))
+
+    def wait_for(self, product_ids: set[str], wait_s: float) -> set[str]:
+        """Follow the state for up to `wait_s` until the ids are known; returns those still unknown."""
+        missing = {pid for pid in product_ids if pid not in self.vectors}
+        deadline = time.monotonic() + wait_s
+        while missing and time.monotonic() < deadline:
+            self.follow(timeout_ms=100)
+            missing = {pid for pid in missing if pid not in self.vectors}
+        return missing
+
+
+class QueryProcessor:
+    """Scores every impression of a batch of query logs in one Triton round trip; aggregates A/B."""
+
+    path = "query"
+
+    def __init__(self, settings: Settings, client: RelevanceClient, state: EmbeddingState) -> None:
+        self.settings = settings
+        self.client = client
+        self.state = state
+        self.model_version = client.model_version()
+        self.ab = ABAggregator(settings.worker.ab_window_s)
+
+    def process(self, records: Sequence[ConsumerRecord]) -> list[Output]:
+        topics = self.settings.topics
+        worker = self.settings.worker.name
+        outputs: list[Output] = []
+        events: list[tuple[ConsumerRecord, QueryLog]] = []
+        for rec in records:
+            try:
+                events.append((rec, decode_event(QueryLog, rec.value)))
+            except EventError as exc:
+                outputs.append(dead_letter(rec, exc, topics.dead_letter, worker))
+        shown = {imp.product_id for _, ev in events for imp in ev.impressions}
+        unknown = self.state.wait_for(shown, self.settings.worker.unknown_product_wait_s)
+        pairs = [(i, imp) for i, (_, ev) in enumerate(events) for imp in ev.impressions
+                 if imp.product_id not in unknown]
+        scored = []
+        if pairs:
+            with TRITON_LATENCY.labels("query_relevance").time():
+                scored = self.client.query_relevance(
+                    [events[i][1].query for i, _ in pairs],
+                    np.stack([self.state.vectors[imp.product_id] for _, imp in pairs]))
+        by_event: list[dict[str, float]] = [{} for _ in events]
+        now = datetime.now(UTC)
+        for (i, imp), result in zip(pairs, scored, strict=True):
+            ev = events[i][1]
+            by_event[i][imp.product_id] = result.score
+            score = RelevanceScore(
+                query_id=ev.query_id, event_id=ev.event_id, product_id=imp.product_id, variant=ev.variant,
+                position=imp.position, score=min(1.0, max(0.0, result.score)), similarity=result.similarity,
+                label=ScoreLabel(result.label), model_version=self.model_version, scored_at=now)
+            outputs.append(Output(topics.relevance_scores, score.key(), encode(score)))
+        for _, ev in events:
+            for imp in ev.impressions:
+                if imp.product_id in unknown:
+                    UNKNOWN_PRODUCTS.inc()
+                    report = RelevanceScore(
+                        query_id=ev.query_id, event_id=ev.event_id, product_id=imp.product_id,
+                        variant=ev.variant, position=imp.position, status="unknown_product",
+                        model_version=self.model_version, scored_at=now)
+                    outputs.append(Output(topics.relevance_scores, report.key(), encode(report)))
+        if unknown:
+            log.warning("unknown_products", count=len(unknown), sample=sorted(unknown)[:5])
+        touched: set[WindowKey] = set()
+        for (rec, ev), scores in zip(events, by_event, strict=True):
+            key = self.ab.add(ev, rec.partition, rec.offset, scores)
+            if key is not None:
+                touched.add(key)
+        for key in sorted(touched):
+            metrics = self.ab.record(key, self.model_version)
+            outputs.append(Output(topics.ab_metrics, metrics.key(), encode(metrics)))
+        return outputs
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        """Restore the A/B partials of the partitions taken over, so nothing is counted twice."""
+        owned = {tp.partition for tp in partitions}
+        found: list[ABMetrics] = []
+
+        def apply(rec: ConsumerRecord) -> None:
+            if rec.value is None:
+                return
+            try:
+                metrics = decode_event(ABMetrics, rec.value)
+            except EventError:
+                return
+            if metrics.source_partition in owned:
+                found.append(metrics)
+
+        reader = TopicReader(self.settings.kafka, self.settings.topics.ab_metrics)
+        try:
+            reader.read_to_end(apply)
+        finally:
+            reader.close()
+        self.ab.restore(found)
+        log.info("ab_state_restored", partitions=sorted(owned), windows=len(found))
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        self.ab.drop_partitions({tp.partition for tp in partitions})
+
+    def idle(self) -> None:
+        self.state.follow(timeout_ms=0)
