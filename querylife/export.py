@@ -25,6 +25,7 @@ from querylife.checkpoint import DEFAULT_DIR, META_FILE, WEIGHTS_FILE, load_head
 
 SOURCE_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
 VERSION_KEY = "querylife_version"
+UNEXPORTED_HINT = "unexported"  # the committed configs' value: a server cannot load it
 CHECKPOINT_DIRNAME = "checkpoint"
 _STAMP = re.compile(r'(key:\s*"querylife_version"\s*value:\s*\{\s*string_value:\s*")([^"]*)(")')
 _PYTHON_BACKEND = re.compile(r'^\s*backend:\s*"python"', re.MULTILINE)
@@ -85,7 +86,7 @@ def export(checkpoint: Path | None, out: Path, triton_version: int = 1) -> Expor
             raise ExportError(f"{src} is not a head checkpoint: {name} is missing")
     try:
         head, _, meta = load_head(src)  # verifies the weights' sha256 against head.json
-    except (ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # sha mismatch, unreadable weights, bad metadata
         raise ExportError(f"cannot load the head checkpoint in {src}: {exc}") from exc
     version = str(meta["version"])
     embed_dim = int(head.config["embed_dim"])
@@ -96,30 +97,31 @@ def export(checkpoint: Path | None, out: Path, triton_version: int = 1) -> Expor
             raise ExportError(f"{out} holds no Triton models (no */config.pbtxt)")
         shutil.copytree(SOURCE_REPOSITORY, out, dirs_exist_ok=True)
 
+    # validate everything before writing anything: a refused export leaves the repository as it was
     python_models: list[str] = []
-    stamped: list[Path] = []
+    updates: dict[Path, str] = {}
     for model_dir in sorted(p.parent for p in out.glob("*/config.pbtxt")):
         configs = model_configs(model_dir)
-        texts = {c: c.read_text() for c in configs}
-        for cfg, text in texts.items():
+        for cfg in configs:
+            text = cfg.read_text()
             if "EMBEDDING" in text and f"dims: [ {embed_dim} ]" not in text:
                 raise ExportError(f"{cfg}: embedding dims differ from the checkpoint embed_dim {embed_dim}")
-        is_python = bool(_PYTHON_BACKEND.search(texts[model_dir / "config.pbtxt"]))
-        if is_python:
-            if not (model_dir / str(triton_version) / "model.py").is_file():
-                raise ExportError(f"{model_dir}/{triton_version}/model.py is missing")
-            _copy_checkpoint(src, model_dir / str(triton_version) / CHECKPOINT_DIRNAME)
-            python_models.append(model_dir.name)
-        for cfg, text in texts.items():
             try:
-                new = stamp_config(text, version)
+                updates[cfg] = stamp_config(text, version)
             except ExportError as exc:
                 raise ExportError(f"{cfg}: {exc}") from None
-            if new != text:
-                cfg.write_text(new)
-            stamped.append(cfg)
+        if _PYTHON_BACKEND.search((model_dir / "config.pbtxt").read_text()):
+            if not (model_dir / str(triton_version) / "model.py").is_file():
+                raise ExportError(f"{model_dir}/{triton_version}/model.py is missing")
+            python_models.append(model_dir.name)
     if not python_models:
         raise ExportError(f"{out} holds no python-backend models")
+    for name in python_models:
+        _copy_checkpoint(src, out / name / str(triton_version) / CHECKPOINT_DIRNAME)
+    for cfg, text in updates.items():
+        if cfg.read_text() != text:
+            cfg.write_text(text)
+    stamped = list(updates)
     return ExportResult(version, embed_dim, python_models, stamped)
 
 
@@ -149,9 +151,14 @@ def export_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def export_cli(argv: list[str]) -> int:
+    """`querylife export` subcommand: 0 on success, 1 (with the reason on stderr) on a refused export."""
     try:
-        raise SystemExit(export_main())
+        return export_main(argv)
     except ExportError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(export_cli(sys.argv[1:]))
