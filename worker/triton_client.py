@@ -1,0 +1,304 @@
+"""Thin Triton client for the worker: one round trip per chunk of a batch, bounded retries.
+
+Talks to the two ensembles of `model_repository/` (gRPC by default, HTTP with
+``QL_TRITON_PROTOCOL=http``, TLS from `TritonSettings`):
+
+- ``product_embedding``: TITLE, PRODUCT_TYPE, IMAGE [B,1] BYTES -> EMBEDDING [B,D] FP32, ERROR [B,1] BYTES
+- ``query_relevance``: QUERY [B,1] BYTES, PRODUCT_EMBEDDING [B,D] FP32 -> SIMILARITY, SCORE [B,1] FP32,
+  LABEL [B,1] BYTES
+
+Transient failures (server down, overloaded, model not ready, timeouts, connection errors) are retried
+with exponential backoff and jitter, at most ``max_attempts`` times per call, then raised as
+`TritonUnavailable` (the worker backs off and retries the batch without committing). Anything else is
+a `TritonRequestError` (a bug or a contract mismatch: retrying would not help).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+
+from worker.config import TritonSettings
+
+PRODUCT_MODEL = "product_embedding"
+QUERY_MODEL = "query_relevance"
+VERSION_PARAMETER = "querylife_version"
+UNEXPORTED = "unexported"
+
+# gRPC status names and HTTP codes that mean "try again later"
+_TRANSIENT_STATUS = {
+    "StatusCode.UNAVAILABLE",
+    "StatusCode.DEADLINE_EXCEEDED",
+    "StatusCode.RESOURCE_EXHAUSTED",
+    "StatusCode.ABORTED",
+    "StatusCode.CANCELLED",
+    "429",
+    "502",
+    "503",
+    "504",
+}
+# messages of errors without a usable status (HTTP client) or of a restarting python stub
+_TRANSIENT_TEXT = (
+    "failed to connect",
+    "connection refused",
+    "connection reset",
+    "stub process is not healthy",
+    "timed out",
+    "timeout",
+    "socket closed",
+    "broken pipe",
+)
+
+T = TypeVar("T")
+
+
+class TritonUnavailable(RuntimeError):
+    """Transient: Triton is down, overloaded or not ready after the retry budget. Retry the batch later."""
+
+
+class TritonRequestError(RuntimeError):
+    """Not transient: the request was refused or failed inside a model. Retrying will not help."""
+
+
+@dataclass
+class ProductResult:
+    """One product's fused embedding, or why there is none (``"reason: message"``, reason first)."""
+
+    embedding: np.ndarray | None
+    error: str | None
+
+
+@dataclass
+class PairScore:
+    similarity: float
+    score: float
+    label: str
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, InferenceServerException):
+        if str(exc.status()) in _TRANSIENT_STATUS:
+            return True
+        text = (exc.message() or "").lower()
+        return any(t in text for t in _TRANSIENT_TEXT)
+    # HTTP client connection failures surface as plain socket errors
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
+def _bytes_column(values: Sequence[str | bytes | None]) -> np.ndarray:
+    col = np.empty((len(values), 1), dtype=np.object_)
+    for i, v in enumerate(values):
+        col[i, 0] = b"" if v is None else v.encode("utf-8") if isinstance(v, str) else bytes(v)
+    return col
+
+
+def _decode(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class RelevanceClient:
+    """One connection to Triton; not thread-safe (one client per worker thread)."""
+
+    def __init__(
+        self,
+        settings: TritonSettings,
+        max_attempts: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if settings.max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.settings = settings
+        self.max_attempts = max(1, max_attempts)
+        self._sleep = sleep
+        self.protocol = settings.protocol
+        self._client: Any
+        if settings.protocol == "grpc":
+            import tritonclient.grpc as grpcclient
+
+            self._mod: Any = grpcclient
+            self._client = grpcclient.InferenceServerClient(
+                url=settings.url,
+                ssl=settings.ssl,
+                root_certificates=str(settings.root_certificates) if settings.root_certificates else None,
+                private_key=str(settings.private_key) if settings.private_key else None,
+                certificate_chain=str(settings.certificate_chain) if settings.certificate_chain else None,
+            )
+        else:
+            import tritonclient.http as httpclient
+
+            self._mod = httpclient
+            ssl_options: dict[str, str] = {}
+            if settings.root_certificates:
+                ssl_options["ca_certs"] = str(settings.root_certificates)
+            if settings.certificate_chain and settings.private_key:
+                ssl_options["certfile"] = str(settings.certificate_chain)
+                ssl_options["keyfile"] = str(settings.private_key)
+            self._client = httpclient.InferenceServerClient(
+                url=settings.url,
+                ssl=settings.ssl,
+                ssl_options=ssl_options or None,
+                connection_timeout=settings.timeout_s,
+                network_timeout=settings.timeout_s,
+            )
+
+    # ------------------------------------------------------------------ health and metadata
+
+    def is_ready(self) -> bool:
+        """Server ready and both ensembles loaded; never raises."""
+        try:
+            kw = self._timeout_kw(min(self.settings.timeout_s, 5.0))
+            return bool(
+                self._client.is_server_ready(**kw)
+                and self._client.is_model_ready(PRODUCT_MODEL, **kw)
+                and self._client.is_model_ready(QUERY_MODEL, **kw)
+            )
+        except Exception:
+            return False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.is_ready():
+                return
+            if time.monotonic() >= deadline:
+                raise TritonUnavailable(f"Triton at {self.settings.url} not ready after {timeout_s:.0f}s")
+            self._sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def model_version(self) -> str:
+        """The Query-LIFE version stamped by `querylife export` into both ensembles' configs."""
+        versions: dict[str, str] = {}
+        for model in (PRODUCT_MODEL, QUERY_MODEL):
+            versions[model] = self._call(lambda model=model: self._stamp(model), what=f"{model} config")  # type: ignore[misc]
+        found = set(versions.values())
+        if len(found) != 1:
+            raise TritonRequestError(f"ensembles serve different model versions: {versions}")
+        version = found.pop()
+        if not version or version == UNEXPORTED:
+            raise TritonRequestError(f"{PRODUCT_MODEL} has no {VERSION_PARAMETER}: run `querylife export`")
+        return version
+
+    def _stamp(self, model: str) -> str:
+        if self.protocol == "grpc":
+            config = self._client.get_model_config(model, as_json=True, **self._timeout_kw())["config"]
+        else:
+            config = self._client.get_model_config(model)
+        param = config.get("parameters", {}).get(VERSION_PARAMETER, {})
+        return str(param.get("string_value", ""))
+
+    # ------------------------------------------------------------------ inference
+
+    def product_embeddings(
+        self, titles: list[str | None], product_types: list[str], images: list[bytes | None]
+    ) -> list[ProductResult]:
+        """Fused embedding per product (in order); a bad item gets an error, the rest are unaffected."""
+        if not len(titles) == len(product_types) == len(images):
+            raise ValueError(
+                f"length mismatch: {len(titles)} titles, {len(product_types)} types, {len(images)} images"
+            )
+        results: list[ProductResult] = []
+        for start in range(0, len(titles), self.settings.max_batch):
+            end = start + self.settings.max_batch
+            out = self._infer(
+                PRODUCT_MODEL,
+                {
+                    "TITLE": _bytes_column(titles[start:end]),
+                    "PRODUCT_TYPE": _bytes_column(product_types[start:end]),
+                    "IMAGE": _bytes_column(images[start:end]),
+                },
+                ["EMBEDDING", "ERROR"],
+            )
+            emb, err = out["EMBEDDING"], out["ERROR"].reshape(-1)
+            for row, e in zip(emb, err, strict=True):
+                message = _decode(e)
+                results.append(ProductResult(None, message) if message else ProductResult(row.copy(), None))
+        return results
+
+    def query_relevance(self, queries: list[str], product_embeddings: np.ndarray) -> list[PairScore]:
+        """Row-wise: pair i is (queries[i], product_embeddings[i])."""
+        products = np.ascontiguousarray(product_embeddings, dtype=np.float32)
+        if products.ndim != 2 or products.shape[0] != len(queries):
+            raise ValueError(f"expected [{len(queries)}, D] product embeddings, got {products.shape}")
+        scores: list[PairScore] = []
+        for start in range(0, len(queries), self.settings.max_batch):
+            end = start + self.settings.max_batch
+            out = self._infer(
+                QUERY_MODEL,
+                {"QUERY": _bytes_column(queries[start:end]), "PRODUCT_EMBEDDING": products[start:end]},
+                ["SIMILARITY", "SCORE", "LABEL"],
+            )
+            for sim, score, label in zip(
+                out["SIMILARITY"].reshape(-1), out["SCORE"].reshape(-1), out["LABEL"].reshape(-1), strict=True
+            ):
+                scores.append(PairScore(float(sim), float(score), _decode(label)))
+        return scores
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+    def __enter__(self) -> RelevanceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _timeout_kw(self, timeout_s: float | None = None) -> dict[str, float]:
+        # gRPC takes a per-call deadline; the HTTP client's timeouts are set on the connection
+        t = self.settings.timeout_s if timeout_s is None else timeout_s
+        return {"client_timeout": t} if self.protocol == "grpc" else {}
+
+    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        mod = self._mod
+        tensors = []
+        for name, arr in inputs.items():
+            dtype = "BYTES" if arr.dtype == np.object_ else "FP32"
+            t = mod.InferInput(name, list(arr.shape), dtype)
+            if self.protocol == "grpc":
+                t.set_data_from_numpy(arr)
+            else:
+                t.set_data_from_numpy(arr, binary_data=True)
+            tensors.append(t)
+        requested = [
+            mod.InferRequestedOutput(n)
+            if self.protocol == "grpc"
+            else mod.InferRequestedOutput(n, binary_data=True)
+            for n in outputs
+        ]
+
+        def call() -> dict[str, np.ndarray]:
+            result = self._client.infer(model, tensors, outputs=requested, **self._timeout_kw())
+            got = {n: result.as_numpy(n) for n in outputs}
+            missing = [n for n, v in got.items() if v is None]
+            if missing:
+                raise TritonRequestError(f"{model} returned no {missing}")
+            return got
+
+        return self._call(call, what=model)
+
+    def _call(self, fn: Callable[[], T], what: str = "request") -> T:
+        """Run ``fn``; retry transient failures with capped exponential backoff + jitter."""
+        delay = self.settings.retry_initial_s
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return fn()
+            except (TritonRequestError, TritonUnavailable):
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise TritonRequestError(f"Triton {what} failed: {exc}") from exc
+                if attempt == self.max_attempts:
+                    raise TritonUnavailable(
+                        f"Triton {what} at {self.settings.url} unavailable after {attempt} attempts: {exc}"
+                    ) from exc
+                self._sleep(min(delay, self.settings.retry_max_s) * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, self.settings.retry_max_s)
+        raise AssertionError("unreachable")
