@@ -14,7 +14,7 @@ from typing import Literal, TypeVar
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.errors import KafkaError
 
 from worker.config import Settings
 from worker.consumer_loop import ConsumerLoop
@@ -35,7 +35,7 @@ def retry_until(what: str, make: Callable[[], T], stop: threading.Event, max_del
     while not stop.is_set():
         try:
             return make()
-        except (NoBrokersAvailable, KafkaError, TritonUnavailable, TimeoutError, OSError) as exc:
+        except (KafkaError, TritonUnavailable, TimeoutError, OSError) as exc:
             log.warning("dependency_unavailable", what=what, error=f"{type(exc).__name__}: {exc}"[:200],
                         retry_in_s=delay)
             stop.wait(delay)
