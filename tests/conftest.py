@@ -61,3 +61,11 @@ def make_settings(broker: LocalBroker, triton: LocalTriton | None = None, **work
         worker=WorkerSettings(product_group=f"g{tag}-product", query_group=f"g{tag}-query",
                               name=f"test-{tag}", **worker),  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture(scope="session")
+def model():  # type: ignore[no-untyped-def]
+    """The in-process Query-LIFE model (committed head + packaged towers): the reference for serving."""
+    from querylife.model import load_model
+
+    return load_model()

@@ -1,0 +1,198 @@
+"""End to end on the real broker and the real Triton: products and query logs in, exactly the expected
+keys out, scores equal to the model's direct output, a restart mid-stream loses nothing, bad events
+are dead-lettered."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from schemas import (
+    ABMetrics,
+    DeadLetter,
+    ProductEmbedding,
+    ProductUpsert,
+    QueryLog,
+    RelevanceScore,
+    decode_event,
+    encode,
+)
+from schemas.events import Impression
+from tests.conftest import make_settings
+from worker.ab_metrics import ABAggregator, merge
+from worker.config import Settings
+from worker.demo_data import load_catalogue, product_event, query_log_events
+from worker.kafka_io import create_topics, make_producer, read_topic
+from worker.local_services import LocalBroker, LocalTriton
+from worker.runner import run_worker
+
+N_PRODUCTS = 20
+N_QUERIES = 30
+
+
+class RunningWorker:
+    """The real worker (both paths) in a thread of this process, stoppable like SIGTERM would."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.stop = threading.Event()
+        self.exit_code: int | None = None
+
+        def target() -> None:
+            self.exit_code = run_worker(settings, ["product", "query"], self.stop, install_signals=False)
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def shutdown(self) -> int | None:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "worker did not drain and stop within 60 s"
+        return self.exit_code
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def latest(settings: Settings, topic: str) -> dict[bytes, bytes | None]:
+    """Compacted view of a topic: the last value per key (what a compacting broker keeps)."""
+    return {k: v for k, v in read_topic(settings, topic) if k is not None}
+
+
+@pytest.fixture(scope="module")
+def catalogue(data_dir: Path) -> list[dict[str, Any]]:
+    return load_catalogue(data_dir, N_PRODUCTS)
+
+
+def test_pipeline_end_to_end(broker: LocalBroker, triton: LocalTriton, data_dir: Path,
+                             catalogue: list[dict[str, Any]], model: Any) -> None:
+    settings = make_settings(broker, triton, image_root=data_dir / "images", batch_max_events=8,
+                             unknown_product_wait_s=0.5)
+    create_topics(settings.kafka, settings.topics)
+    producer = make_producer(settings.kafka)
+    topics = settings.topics
+    now = datetime.now(UTC)
+
+    # --- products: all valid ones, one delete, and two hostile events
+    for product in catalogue:
+        event = product_event(product, now)
+        producer.send(topics.product_upserts, key=event.product_id.encode(), value=encode(event))
+    deleted = str(catalogue[-1]["product_id"])
+    producer.send(topics.product_upserts, key=deleted.encode(), value=encode(ProductUpsert(
+        event_id="del-1", event_time=now, op="delete", product_id=deleted)))
+    producer.send(topics.product_upserts, value=b'{"op": "upsert", "product_id": ')  # truncated JSON
+    bad_path = product_event(catalogue[0], now).model_dump(mode="json")
+    bad_path["image"] = {"path": "../../../etc/passwd"}
+    producer.send(topics.product_upserts, value=encode_json(bad_path))
+    producer.flush()
+
+    worker = RunningWorker(settings)
+    live_ids = {str(p["product_id"]) for p in catalogue} - {deleted}
+    wait_until("product embeddings", lambda: set(latest(settings, topics.product_embeddings)) ==
+               {pid.encode() for pid in live_ids | {deleted}}
+               and latest(settings, topics.product_embeddings)[deleted.encode()] is None)
+
+    # --- queries, first half, then a graceful restart mid-stream, then the second half
+    queries = [ev for ev, _ in query_log_events(catalogue[:-1], N_QUERIES, seed=3)]
+    unknown = QueryLog(event_id="q-unknown", event_time=now, query_id="qid-unknown", query="red saree", variant="A",
+                       impressions=[Impression(product_id="no-such-product", position=1)])
+    queries.append(unknown)
+    partitions: dict[str, int] = {}
+    half = len(queries) // 2
+    for ev in queries[:half]:
+        meta = producer.send(topics.query_logs, key=ev.query_id.encode(), value=encode(ev)).get(timeout=10)
+        partitions[ev.event_id] = meta.partition
+    first_pairs = sum(len(ev.impressions) for ev in queries[:half])
+    wait_until("first half scored", lambda: len(latest(settings, topics.relevance_scores)) >= first_pairs)
+    assert worker.shutdown() == 0
+
+    for ev in queries[half:]:
+        meta = producer.send(topics.query_logs, key=ev.query_id.encode(), value=encode(ev)).get(timeout=10)
+        partitions[ev.event_id] = meta.partition
+    producer.send(topics.query_logs, value=b'{"query": 5}').get(timeout=10)
+    producer.close()
+    worker = RunningWorker(settings)
+    expected_score_keys = {f"{ev.query_id}:{imp.product_id}".encode() for ev in queries for imp in ev.impressions}
+    wait_until("all scores", lambda: set(latest(settings, topics.relevance_scores)) == expected_score_keys)
+    expected_metric_keys = {
+        f"{ev.variant}:{ABAggregator(settings.worker.ab_window_s).window_start(ev.event_time).isoformat()}:"
+        f"{partitions[ev.event_id]}".encode() for ev in queries}
+
+    def metrics_complete() -> bool:
+        rows = [decode_event(ABMetrics, v) for v in latest(settings, topics.ab_metrics).values() if v]
+        return sum(r.queries for r in rows) == len(queries)
+
+    wait_until("A/B metrics", metrics_complete)
+    wait_until("dead letters", lambda: len(latest(settings, topics.dead_letter)) == 3)
+    assert worker.shutdown() == 0
+
+    # --- embeddings: exactly the live products, equal to the model's own product embedding
+    state = latest(settings, topics.product_embeddings)
+    embeddings = {k.decode(): decode_event(ProductEmbedding, v) for k, v in state.items() if v is not None}
+    assert set(embeddings) == live_ids
+    assert {e.model_version for e in embeddings.values()} == {model.version}
+    sample = [p for p in catalogue if str(p["product_id"]) in live_ids][:4]
+    direct = product_embeddings_in_process(model, data_dir, sample)
+    got = np.stack([embeddings[str(p["product_id"])].embedding for p in sample])
+    np.testing.assert_allclose(got, direct, atol=1e-5)
+
+    # --- scores: one per impression, equal to the model's direct output; unknown products reported
+    scores = {k: decode_event(RelevanceScore, v) for k, v in latest(settings, topics.relevance_scores).items() if v}
+    assert set(scores) == expected_score_keys
+    reported = scores[b"qid-unknown:no-such-product"]
+    assert reported.status == "unknown_product" and reported.score is None
+    scored = [s for s in scores.values() if s.status == "scored"]
+    assert len(scored) == len(expected_score_keys) - 1
+    text_by_query = {ev.query_id: ev.query for ev in queries}
+    q = model.encode_texts([text_by_query[s.query_id] for s in scored])
+    p = torch.tensor(np.stack([embeddings[s.product_id].embedding for s in scored]), dtype=torch.float32)
+    sim, prob = model.relevance(q, p)
+    np.testing.assert_allclose([s.score for s in scored], prob.numpy(), atol=1e-5)
+    np.testing.assert_allclose([s.similarity for s in scored], sim.numpy(), atol=1e-5)
+    assert all(s.model_version == model.version for s in scored)
+
+    # --- A/B metrics: exactly the expected keys; counts exact despite the restart
+    metric_records = [decode_event(ABMetrics, v) for v in latest(settings, topics.ab_metrics).values() if v]
+    assert {r.key() for r in metric_records} == expected_metric_keys
+    overall = {r.variant: r for r in merge(metric_records, per_window=False)}
+    for variant in ("A", "B"):
+        mine = [ev for ev in queries if ev.variant == variant]
+        assert overall[variant].queries == len(mine)
+        assert overall[variant].impressions == sum(len(ev.impressions) for ev in mine)
+        assert overall[variant].clicks == sum(imp.clicked for ev in mine for imp in ev.impressions)
+
+    # --- dead letters: the three hostile inputs, each with a specific reason and its original bytes
+    letters = [decode_event(DeadLetter, v) for v in latest(settings, topics.dead_letter).values() if v]
+    assert sorted(d.reason for d in letters) == ["invalid_json", "missing", "path_traversal"]
+    assert any(d.original == b'{"query": 5}' for d in letters)
+
+
+def encode_json(obj: dict[str, Any]) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj)
+
+
+def product_embeddings_in_process(model: Any, data_dir: Path, products: list[dict[str, Any]]) -> np.ndarray:
+    """The model's own product path (same functions Triton calls), without Triton or Kafka."""
+    from querylife.imaging import decode_image, preprocess
+
+    titles = model.encode_texts([p["title"] for p in products])
+    pixels = preprocess([decode_image((data_dir / "images" / p["image_path"]).read_bytes()) for p in products],
+                        model.image_size)
+    images = model.encode_images(pixels)
+    ones = torch.ones(len(products), dtype=torch.bool)
+    fused = model.fuse(titles, images, [p["product_type"] for p in products], ones, ones)
+    return np.asarray(fused.detach().numpy())
