@@ -18,7 +18,9 @@ class StrictModel(BaseModel):
 
 Identifier = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=LIMITS.max_id_chars, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"),
+    StringConstraints(
+        min_length=1, max_length=LIMITS.max_id_chars, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"
+    ),
 ]
 """Ids end up in Kafka keys, logs and metrics: a small safe alphabet, bounded length."""
 

@@ -45,8 +45,9 @@ class ProductImage(StrictModel):
         if not isinstance(value, str):
             raise PydanticCustomError("bytes_type", "image data must be a base64 string")
         if len(value) > (LIMITS.max_image_bytes * 4) // 3 + 4:
-            raise PydanticCustomError("image_too_large", "image data exceeds {limit} bytes",
-                                      {"limit": LIMITS.max_image_bytes})
+            raise PydanticCustomError(
+                "image_too_large", "image data exceeds {limit} bytes", {"limit": LIMITS.max_image_bytes}
+            )
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -58,13 +59,16 @@ class ProductImage(StrictModel):
         if value is None:
             return value
         if len(value) > LIMITS.max_image_bytes:
-            raise PydanticCustomError("image_too_large", "image data exceeds {limit} bytes",
-                                      {"limit": LIMITS.max_image_bytes})
+            raise PydanticCustomError(
+                "image_too_large", "image data exceeds {limit} bytes", {"limit": LIMITS.max_image_bytes}
+            )
         fmt = sniff_image_format(value)
         if fmt is None or fmt not in LIMITS.allowed_image_formats:
-            raise PydanticCustomError("unsupported_image_format",
-                                      "image is not one of {allowed}",
-                                      {"allowed": ", ".join(LIMITS.allowed_image_formats)})
+            raise PydanticCustomError(
+                "unsupported_image_format",
+                "image is not one of {allowed}",
+                {"allowed": ", ".join(LIMITS.allowed_image_formats)},
+            )
         return value
 
     @field_validator("path")
@@ -93,7 +97,9 @@ class ProductImage(StrictModel):
         return None if value is None else base64.b64encode(value).decode("ascii")
 
 
-Title = Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_title_chars, strip_whitespace=True)]
+Title = Annotated[
+    str, StringConstraints(min_length=1, max_length=LIMITS.max_title_chars, strip_whitespace=True)
+]
 AttributeValue = Annotated[str, StringConstraints(max_length=LIMITS.max_attribute_chars)]
 AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z_]+$")]
 ProductType = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -109,8 +115,9 @@ class ProductUpsert(StrictModel):
     product_id: Identifier
     title: Title | None = None
     product_type: ProductType | None = None
-    attributes: dict[AttributeName, AttributeValue] = Field(default_factory=dict,
-                                                            max_length=LIMITS.max_attributes)
+    attributes: dict[AttributeName, AttributeValue] = Field(
+        default_factory=dict, max_length=LIMITS.max_attributes
+    )
     image: ProductImage | None = None
 
     @model_validator(mode="after")
@@ -139,8 +146,9 @@ class QueryLog(StrictModel):
     event_id: Identifier
     event_time: EventTime
     query_id: Identifier
-    query: Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_query_chars,
-                                            strip_whitespace=True)]
+    query: Annotated[
+        str, StringConstraints(min_length=1, max_length=LIMITS.max_query_chars, strip_whitespace=True)
+    ]
     user_id: Identifier | None = None
     session_id: Identifier | None = None
     variant: Variant

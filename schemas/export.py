@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import orjson
 from pydantic import BaseModel
@@ -30,9 +31,13 @@ def rendered() -> dict[str, bytes]:
     """File name -> JSON Schema bytes (validation mode for inputs, serialisation mode for outputs)."""
     files = {}
     for name, model in RECORDS.items():
-        mode = "validation" if model in (ProductUpsert, QueryLog) else "serialization"
+        mode: Literal["validation", "serialization"] = (
+            "validation" if model in (ProductUpsert, QueryLog) else "serialization"
+        )
         schema = model.model_json_schema(mode=mode)
-        files[f"{name}.v1.schema.json"] = orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        files[f"{name}.v1.schema.json"] = (
+            orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        )
     return files
 
 

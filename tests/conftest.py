@@ -13,8 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings  # noqa: E402
-from worker.local_services import LocalBroker, LocalTriton, prepare_model_repository  # noqa: E402
+from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
+from worker.local_services import LocalBroker, LocalTriton, prepare_model_repository
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "fashion-products"
@@ -49,17 +49,33 @@ def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def make_settings(broker: LocalBroker, triton: LocalTriton | None = None, **worker: object) -> Settings:
     """Settings on the test services with fresh topic names and group ids, so tests never interfere."""
     tag = uuid.uuid4().hex[:8]
-    topics = TopicSettings(**{
-        name: f"t{tag}.{name}" for name in ("product_upserts", "query_logs", "product_embeddings",
-                                             "relevance_scores", "ab_metrics", "dead_letter")})
+    topics = TopicSettings(
+        **{
+            name: f"t{tag}.{name}"
+            for name in (
+                "product_upserts",
+                "query_logs",
+                "product_embeddings",
+                "relevance_scores",
+                "ab_metrics",
+                "dead_letter",
+            )
+        }
+    )
     return Settings(
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=6000,
-                            heartbeat_interval_ms=1000),
+        kafka=KafkaSettings(
+            bootstrap_servers=broker.bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000
+        ),
         topics=topics,
-        triton=TritonSettings(url=triton.grpc_url if triton else "127.0.0.1:1", timeout_s=20,
-                              retry_initial_s=0.1, retry_max_s=1.0),
-        worker=WorkerSettings(product_group=f"g{tag}-product", query_group=f"g{tag}-query",
-                              name=f"test-{tag}", **worker),  # type: ignore[arg-type]
+        triton=TritonSettings(
+            url=triton.grpc_url if triton else "127.0.0.1:1",
+            timeout_s=20,
+            retry_initial_s=0.1,
+            retry_max_s=1.0,
+        ),
+        worker=WorkerSettings(
+            product_group=f"g{tag}-product", query_group=f"g{tag}-query", name=f"test-{tag}", **worker
+        ),  # type: ignore[arg-type]
     )
 
 

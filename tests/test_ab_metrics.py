@@ -13,10 +13,17 @@ T0 = datetime(2026, 11, 24, 12, 0, 5, tzinfo=UTC)
 
 
 def log(n: int, variant: str, clicked: bool, ordered: bool = False, minutes: int = 0) -> QueryLog:
-    return QueryLog(event_id=f"e{n}", event_time=T0 + timedelta(minutes=minutes), query_id=f"q{n}", query="shoes",
-                    variant=variant, impressions=[
-                        Impression(product_id="a", position=1, clicked=clicked, ordered=ordered),
-                        Impression(product_id="b", position=5)])
+    return QueryLog(
+        event_id=f"e{n}",
+        event_time=T0 + timedelta(minutes=minutes),
+        query_id=f"q{n}",
+        query="shoes",
+        variant=variant,
+        impressions=[
+            Impression(product_id="a", position=1, clicked=clicked, ordered=ordered),
+            Impression(product_id="b", position=5),
+        ],
+    )
 
 
 def test_wilson_interval_known_values() -> None:
@@ -33,7 +40,9 @@ def test_replayed_offsets_are_counted_once() -> None:
     agg = ABAggregator(window_s=300)
     scores = {"a": 0.9, "b": 0.3}
     assert agg.add(log(1, "A", clicked=True), partition=0, offset=10, scores=scores) is not None
-    assert agg.add(log(2, "A", clicked=False, ordered=False), partition=0, offset=11, scores=scores) is not None
+    assert (
+        agg.add(log(2, "A", clicked=False, ordered=False), partition=0, offset=11, scores=scores) is not None
+    )
     assert agg.add(log(1, "A", clicked=True), partition=0, offset=10, scores=scores) is None  # replay
     key = ("A", datetime(2026, 11, 24, 12, 0, tzinfo=UTC), 0)
     rec = agg.record(key, "v1")
@@ -45,7 +54,10 @@ def test_replayed_offsets_are_counted_once() -> None:
     restored = ABAggregator(window_s=300)
     restored.restore([rec])
     assert restored.add(log(2, "A", clicked=False), partition=0, offset=11, scores=scores) is None
-    assert restored.add(log(3, "A", clicked=True, ordered=True), partition=0, offset=12, scores=scores) is not None
+    assert (
+        restored.add(log(3, "A", clicked=True, ordered=True), partition=0, offset=12, scores=scores)
+        is not None
+    )
     again = restored.record(key, "v1")
     assert (again.queries, again.clicks, again.orders, again.queries_with_order) == (3, 2, 1, 1)
 
@@ -53,8 +65,12 @@ def test_replayed_offsets_are_counted_once() -> None:
 def test_merge_sums_partitions_and_windows() -> None:
     agg = ABAggregator(window_s=300)
     scores = {"a": 1.0, "b": 0.0}
-    keys = {agg.add(log(1, "B", True, True), 0, 1, scores), agg.add(log(2, "B", False), 1, 1, scores),
-            agg.add(log(3, "B", True, minutes=10), 0, 2, scores), agg.add(log(4, "A", False), 2, 1, scores)}
+    keys = {
+        agg.add(log(1, "B", True, True), 0, 1, scores),
+        agg.add(log(2, "B", False), 1, 1, scores),
+        agg.add(log(3, "B", True, minutes=10), 0, 2, scores),
+        agg.add(log(4, "A", False), 2, 1, scores),
+    }
     records = [agg.record(k, "v1") for k in keys if k is not None]
     per_window = merge(records)
     assert [(r.variant, r.queries) for r in per_window] == [("A", 1), ("B", 2), ("B", 1)]

@@ -35,8 +35,13 @@ def test_inline_and_relative_paths_resolve(root: Path) -> None:
 
 @pytest.mark.parametrize(
     ("path", "reason"),
-    [("escape.jpg", "path_traversal"), ("missing.jpg", "image_not_found"), ("fake.jpg", "unsupported_image_format"),
-     ("sub", "image_unreadable"), ("pipe.jpg", "image_unreadable")],
+    [
+        ("escape.jpg", "path_traversal"),
+        ("missing.jpg", "image_not_found"),
+        ("fake.jpg", "unsupported_image_format"),
+        ("sub", "image_unreadable"),
+        ("pipe.jpg", "image_unreadable"),
+    ],
 )
 def test_hostile_paths_are_rejected(root: Path, path: str, reason: str) -> None:
     with pytest.raises(EventError) as info:

@@ -30,40 +30,111 @@ JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 16
 
 
 def valid_upsert(**over: object) -> dict[str, object]:
-    base: dict[str, object] = {"schema_version": 1, "event_id": "e-1", "event_time": "2026-11-24T12:00:00Z",
-                               "op": "upsert", "product_id": "10001", "title": "Nike Men Black Tshirt",
-                               "product_type": "Tshirts", "attributes": {"colour": "Black"},
-                               "image": {"path": "10001.jpg"}}
+    base: dict[str, object] = {
+        "schema_version": 1,
+        "event_id": "e-1",
+        "event_time": "2026-11-24T12:00:00Z",
+        "op": "upsert",
+        "product_id": "10001",
+        "title": "Nike Men Black Tshirt",
+        "product_type": "Tshirts",
+        "attributes": {"colour": "Black"},
+        "image": {"path": "10001.jpg"},
+    }
     return base | over
 
 
 def valid_query(**over: object) -> dict[str, object]:
-    base: dict[str, object] = {"schema_version": 1, "event_id": "q-1", "event_time": "2026-11-24T12:00:00+00:00",
-                               "query_id": "qid-1", "query": "black tshirt men", "variant": "A",
-                               "impressions": [{"product_id": "10001", "position": 1, "clicked": True}]}
+    base: dict[str, object] = {
+        "schema_version": 1,
+        "event_id": "q-1",
+        "event_time": "2026-11-24T12:00:00+00:00",
+        "query_id": "qid-1",
+        "query": "black tshirt men",
+        "variant": "A",
+        "impressions": [{"product_id": "10001", "position": 1, "clicked": True}],
+    }
     return base | over
 
 
 EXAMPLES: list[BaseModel] = [
     ProductUpsert.model_validate(valid_upsert()),
     ProductUpsert.model_validate(valid_upsert(image={"data": base64.b64encode(JPEG).decode()})),
-    ProductUpsert.model_validate({"event_id": "e-2", "event_time": "2026-11-24T12:00:00Z", "op": "delete",
-                                  "product_id": "10001"}),
+    ProductUpsert.model_validate(
+        {"event_id": "e-2", "event_time": "2026-11-24T12:00:00Z", "op": "delete", "product_id": "10001"}
+    ),
     QueryLog.model_validate(valid_query()),
-    ProductEmbedding(product_id="10001", product_type="Tshirts", embedding=[0.6, 0.8], has_title=True,
-                     has_image=False, model_version="v1", source_event_id="e-1", updated_at=NOW),
-    RelevanceScore(query_id="qid-1", event_id="q-1", product_id="10001", variant="A", position=1, score=0.93,
-                   similarity=0.41, label="exact", model_version="v1", scored_at=NOW),  # type: ignore[arg-type]
-    RelevanceScore(query_id="qid-1", event_id="q-1", product_id="404", variant="A", position=2,
-                   status="unknown_product", model_version="v1", scored_at=NOW),
-    ABMetrics(variant="B", window_start=NOW, window_end=NOW, source_partition=0, last_offset=41, queries=10,
-              queries_with_order=2, impressions=100, clicks=12, orders=2, scored_impressions=100,
-              scored_clicks=12, scored_top3=30, relevance_sum_shown=55.0, relevance_sum_clicked=9.0,
-              relevance_sum_top3=20.0, mean_relevance_shown=0.55, mean_relevance_clicked=0.75,
-              mean_relevance_top3=0.667, ctr=0.12, ctr_ci=Interval(low=0.07, high=0.2), conversion_rate=0.2,
-              conversion_ci=Interval(low=0.06, high=0.51), model_version="v1", emitted_at=NOW),
-    DeadLetter(source_topic="in", partition=2, offset=7, key=b"k", original=b"\xff\x00not json", reason="invalid_json",
-               error_class="EventError", error_message="bad", failed_at=NOW, worker="w"),
+    ProductEmbedding(
+        product_id="10001",
+        product_type="Tshirts",
+        embedding=[0.6, 0.8],
+        has_title=True,
+        has_image=False,
+        model_version="v1",
+        source_event_id="e-1",
+        updated_at=NOW,
+    ),
+    RelevanceScore(
+        query_id="qid-1",
+        event_id="q-1",
+        product_id="10001",
+        variant="A",
+        position=1,
+        score=0.93,
+        similarity=0.41,
+        label="exact",
+        model_version="v1",
+        scored_at=NOW,
+    ),  # type: ignore[arg-type]
+    RelevanceScore(
+        query_id="qid-1",
+        event_id="q-1",
+        product_id="404",
+        variant="A",
+        position=2,
+        status="unknown_product",
+        model_version="v1",
+        scored_at=NOW,
+    ),
+    ABMetrics(
+        variant="B",
+        window_start=NOW,
+        window_end=NOW,
+        source_partition=0,
+        last_offset=41,
+        queries=10,
+        queries_with_order=2,
+        impressions=100,
+        clicks=12,
+        orders=2,
+        scored_impressions=100,
+        scored_clicks=12,
+        scored_top3=30,
+        relevance_sum_shown=55.0,
+        relevance_sum_clicked=9.0,
+        relevance_sum_top3=20.0,
+        mean_relevance_shown=0.55,
+        mean_relevance_clicked=0.75,
+        mean_relevance_top3=0.667,
+        ctr=0.12,
+        ctr_ci=Interval(low=0.07, high=0.2),
+        conversion_rate=0.2,
+        conversion_ci=Interval(low=0.06, high=0.51),
+        model_version="v1",
+        emitted_at=NOW,
+    ),
+    DeadLetter(
+        source_topic="in",
+        partition=2,
+        offset=7,
+        key=b"k",
+        original=b"\xff\x00not json",
+        reason="invalid_json",
+        error_class="EventError",
+        error_message="bad",
+        failed_at=NOW,
+        worker="w",
+    ),
 ]
 
 
@@ -93,10 +164,16 @@ def test_every_record_round_trips_through_a_real_topic(broker) -> None:  # type:
         (orjson.dumps(valid_upsert(event_time="2026-11-24T12:00:00")), "timezone_aware", "event_time"),
         (orjson.dumps(valid_upsert(image={"path": "../../etc/passwd"})), "path_traversal", "image.path"),
         (orjson.dumps(valid_upsert(image={"path": "/etc/passwd"})), "absolute_path", "image.path"),
-        (orjson.dumps(valid_upsert(image={"path": "http://169.254.169.254/latest"})), "url_not_allowed",
-         "image.path"),
-        (orjson.dumps(valid_upsert(image={"data": base64.b64encode(b"GIF89a....").decode()})),
-         "unsupported_image_format", "image.data"),
+        (
+            orjson.dumps(valid_upsert(image={"path": "http://169.254.169.254/latest"})),
+            "url_not_allowed",
+            "image.path",
+        ),
+        (
+            orjson.dumps(valid_upsert(image={"data": base64.b64encode(b"GIF89a....").decode()})),
+            "unsupported_image_format",
+            "image.data",
+        ),
         (orjson.dumps(valid_upsert(image={"data": "@@notbase64@@"})), "invalid_base64", "image.data"),
         (orjson.dumps(valid_upsert(title=None, image=None)), "no_content", "<event>"),
         (b'{"a": NaN}', "invalid_json", None),
@@ -116,13 +193,24 @@ def test_bad_product_upserts_name_their_field(raw: bytes, reason: str, field: st
     [
         ({"impressions": []}, "too_short", "impressions"),
         ({"impressions": [{"product_id": "1", "position": "1"}]}, "int_type", "impressions.0.position"),
-        ({"impressions": [{"product_id": "1", "position": 0}]}, "greater_than_equal", "impressions.0.position"),
+        (
+            {"impressions": [{"product_id": "1", "position": 0}]},
+            "greater_than_equal",
+            "impressions.0.position",
+        ),
         ({"impressions": [{"product_id": "1", "position": 1}] * 2}, "duplicate_impression", "impressions"),
-        ({"impressions": [{"product_id": str(i), "position": 1} for i in range(201)]}, "too_long", "impressions"),
+        (
+            {"impressions": [{"product_id": str(i), "position": 1} for i in range(201)]},
+            "too_long",
+            "impressions",
+        ),
         ({"variant": "A; DROP"}, "string_pattern_mismatch", "variant"),
         ({"query": ""}, "string_too_short", "query"),
-        ({"impressions": [{"product_id": "1", "position": 1, "clicked": "yes"}]}, "bool_type",
-         "impressions.0.clicked"),
+        (
+            {"impressions": [{"product_id": "1", "position": 1, "clicked": "yes"}]},
+            "bool_type",
+            "impressions.0.clicked",
+        ),
     ],
 )
 def test_bad_query_logs_name_their_field(override: dict[str, object], reason: str, field: str) -> None:

@@ -76,10 +76,12 @@ def catalogue(data_dir: Path) -> list[dict[str, Any]]:
     return load_catalogue(data_dir, N_PRODUCTS)
 
 
-def test_pipeline_end_to_end(broker: LocalBroker, triton: LocalTriton, data_dir: Path,
-                             catalogue: list[dict[str, Any]], model: Any) -> None:
-    settings = make_settings(broker, triton, image_root=data_dir / "images", batch_max_events=8,
-                             unknown_product_wait_s=0.5)
+def test_pipeline_end_to_end(
+    broker: LocalBroker, triton: LocalTriton, data_dir: Path, catalogue: list[dict[str, Any]], model: Any
+) -> None:
+    settings = make_settings(
+        broker, triton, image_root=data_dir / "images", batch_max_events=8, unknown_product_wait_s=0.5
+    )
     create_topics(settings.kafka, settings.topics)
     producer = make_producer(settings.kafka)
     topics = settings.topics
@@ -90,8 +92,11 @@ def test_pipeline_end_to_end(broker: LocalBroker, triton: LocalTriton, data_dir:
         event = product_event(product, now)
         producer.send(topics.product_upserts, key=event.product_id.encode(), value=encode(event))
     deleted = str(catalogue[-1]["product_id"])
-    producer.send(topics.product_upserts, key=deleted.encode(), value=encode(ProductUpsert(
-        event_id="del-1", event_time=now, op="delete", product_id=deleted)))
+    producer.send(
+        topics.product_upserts,
+        key=deleted.encode(),
+        value=encode(ProductUpsert(event_id="del-1", event_time=now, op="delete", product_id=deleted)),
+    )
     producer.send(topics.product_upserts, value=b'{"op": "upsert", "product_id": ')  # truncated JSON
     bad_path = product_event(catalogue[0], now).model_dump(mode="json")
     bad_path["image"] = {"path": "../../../etc/passwd"}
@@ -100,14 +105,24 @@ def test_pipeline_end_to_end(broker: LocalBroker, triton: LocalTriton, data_dir:
 
     worker = RunningWorker(settings)
     live_ids = {str(p["product_id"]) for p in catalogue} - {deleted}
-    wait_until("product embeddings", lambda: set(latest(settings, topics.product_embeddings)) ==
-               {pid.encode() for pid in live_ids | {deleted}}
-               and latest(settings, topics.product_embeddings)[deleted.encode()] is None)
+    wait_until(
+        "product embeddings",
+        lambda: (
+            set(latest(settings, topics.product_embeddings)) == {pid.encode() for pid in live_ids | {deleted}}
+            and latest(settings, topics.product_embeddings)[deleted.encode()] is None
+        ),
+    )
 
     # --- queries, first half, then a graceful restart mid-stream, then the second half
     queries = [ev for ev, _ in query_log_events(catalogue[:-1], N_QUERIES, seed=3)]
-    unknown = QueryLog(event_id="q-unknown", event_time=now, query_id="qid-unknown", query="red saree", variant="A",
-                       impressions=[Impression(product_id="no-such-product", position=1)])
+    unknown = QueryLog(
+        event_id="q-unknown",
+        event_time=now,
+        query_id="qid-unknown",
+        query="red saree",
+        variant="A",
+        impressions=[Impression(product_id="no-such-product", position=1)],
+    )
     queries.append(unknown)
     partitions: dict[str, int] = {}
     half = len(queries) // 2
@@ -124,11 +139,15 @@ def test_pipeline_end_to_end(broker: LocalBroker, triton: LocalTriton, data_dir:
     producer.send(topics.query_logs, value=b'{"query": 5}').get(timeout=10)
     producer.close()
     worker = RunningWorker(settings)
-    expected_score_keys = {f"{ev.query_id}:{imp.product_id}".encode() for ev in queries for imp in ev.impressions}
+    expected_score_keys = {
+        f"{ev.query_id}:{imp.product_id}".encode() for ev in queries for imp in ev.impressions
+    }
     wait_until("all scores", lambda: set(latest(settings, topics.relevance_scores)) == expected_score_keys)
     expected_metric_keys = {
         f"{ev.variant}:{ABAggregator(settings.worker.ab_window_s).window_start(ev.event_time).isoformat()}:"
-        f"{partitions[ev.event_id]}".encode() for ev in queries}
+        f"{partitions[ev.event_id]}".encode()
+        for ev in queries
+    }
 
     def metrics_complete() -> bool:
         rows = [decode_event(ABMetrics, v) for v in latest(settings, topics.ab_metrics).values() if v]
@@ -149,7 +168,9 @@ def test_pipeline_end_to_end(broker: LocalBroker, triton: LocalTriton, data_dir:
     np.testing.assert_allclose(got, direct, atol=1e-5)
 
     # --- scores: one per impression, equal to the model's direct output; unknown products reported
-    scores = {k: decode_event(RelevanceScore, v) for k, v in latest(settings, topics.relevance_scores).items() if v}
+    scores = {
+        k: decode_event(RelevanceScore, v) for k, v in latest(settings, topics.relevance_scores).items() if v
+    }
     assert set(scores) == expected_score_keys
     reported = scores[b"qid-unknown:no-such-product"]
     assert reported.status == "unknown_product" and reported.score is None
@@ -190,8 +211,10 @@ def product_embeddings_in_process(model: Any, data_dir: Path, products: list[dic
     from querylife.imaging import decode_image, preprocess
 
     titles = model.encode_texts([p["title"] for p in products])
-    pixels = preprocess([decode_image((data_dir / "images" / p["image_path"]).read_bytes()) for p in products],
-                        model.image_size)
+    pixels = preprocess(
+        [decode_image((data_dir / "images" / p["image_path"]).read_bytes()) for p in products],
+        model.image_size,
+    )
     images = model.encode_images(pixels)
     ones = torch.ones(len(products), dtype=torch.bool)
     fused = model.fuse(titles, images, [p["product_type"] for p in products], ones, ones)

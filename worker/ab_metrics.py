@@ -67,25 +67,43 @@ class WindowCounts:
             if name != "last_offset":
                 setattr(self, name, getattr(self, name) + getattr(other, name))
 
-    def derive(self, variant: str, start: datetime, end: datetime, partition: int, model_version: str,
-               ) -> ABMetrics:
+    def derive(
+        self,
+        variant: str,
+        start: datetime,
+        end: datetime,
+        partition: int,
+        model_version: str,
+    ) -> ABMetrics:
         def ratio(num: float, den: int) -> float | None:
             return min(1.0, max(0.0, num / den)) if den else None
 
         return ABMetrics(
-            variant=variant, window_start=start, window_end=end, source_partition=partition,
-            last_offset=self.last_offset, queries=self.queries, queries_with_order=self.queries_with_order,
-            impressions=self.impressions, clicks=self.clicks, orders=self.orders,
-            scored_impressions=self.scored_impressions, scored_clicks=self.scored_clicks,
-            scored_top3=self.scored_top3, relevance_sum_shown=self.relevance_sum_shown,
-            relevance_sum_clicked=self.relevance_sum_clicked, relevance_sum_top3=self.relevance_sum_top3,
+            variant=variant,
+            window_start=start,
+            window_end=end,
+            source_partition=partition,
+            last_offset=self.last_offset,
+            queries=self.queries,
+            queries_with_order=self.queries_with_order,
+            impressions=self.impressions,
+            clicks=self.clicks,
+            orders=self.orders,
+            scored_impressions=self.scored_impressions,
+            scored_clicks=self.scored_clicks,
+            scored_top3=self.scored_top3,
+            relevance_sum_shown=self.relevance_sum_shown,
+            relevance_sum_clicked=self.relevance_sum_clicked,
+            relevance_sum_top3=self.relevance_sum_top3,
             mean_relevance_shown=ratio(self.relevance_sum_shown, self.scored_impressions),
             mean_relevance_clicked=ratio(self.relevance_sum_clicked, self.scored_clicks),
             mean_relevance_top3=ratio(self.relevance_sum_top3, self.scored_top3),
-            ctr=ratio(self.clicks, self.impressions), ctr_ci=wilson_interval(self.clicks, self.impressions),
+            ctr=ratio(self.clicks, self.impressions),
+            ctr_ci=wilson_interval(self.clicks, self.impressions),
             conversion_rate=ratio(self.queries_with_order, self.queries),
             conversion_ci=wilson_interval(self.queries_with_order, self.queries),
-            model_version=model_version, emitted_at=datetime.now(UTC),
+            model_version=model_version,
+            emitted_at=datetime.now(UTC),
         )
 
 
@@ -115,8 +133,9 @@ class ABAggregator:
 
     def record(self, key: WindowKey, model_version: str) -> ABMetrics:
         variant, start, partition = key
-        return self.windows[key].derive(variant, start, start + timedelta(seconds=self.window_s), partition,
-                                        model_version)
+        return self.windows[key].derive(
+            variant, start, start + timedelta(seconds=self.window_s), partition, model_version
+        )
 
     def restore(self, records: Iterable[ABMetrics]) -> None:
         for rec in records:
@@ -146,7 +165,12 @@ def merge(records: Iterable[ABMetrics], per_window: bool = True) -> list[ABMetri
         else:
             merged[slot][0].merge(WindowCounts.from_record(rec))
     return [
-        counts.derive(variant, first.window_start, first.window_end if per_window else datetime.now(UTC), -1,
-                      first.model_version)
+        counts.derive(
+            variant,
+            first.window_start,
+            first.window_end if per_window else datetime.now(UTC),
+            -1,
+            first.model_version,
+        )
         for (variant, _), (counts, first) in sorted(merged.items())
     ]

@@ -56,8 +56,9 @@ def cmd_produce_queries(args: argparse.Namespace) -> int:
     products = load_catalogue(args.data, args.limit_products)
     producer = make_producer(settings.kafka)
     sent = 0
-    for event, _grades in tqdm(query_log_events(products, args.count, seed=args.seed), total=args.count,
-                               desc="query logs", unit="ev"):
+    for event, _grades in tqdm(
+        query_log_events(products, args.count, seed=args.seed), total=args.count, desc="query logs", unit="ev"
+    ):
         producer.send(settings.topics.query_logs, key=event.query_id.encode(), value=encode(event))
         sent += 1
     producer.flush()
@@ -69,9 +70,9 @@ def cmd_produce_queries(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     settings = Settings()
     rows = read_topic(settings, args.topic)
-    for key, value in rows[-args.max:]:
+    for key, value in rows[-args.max :]:
         text = value.decode(errors="replace") if value is not None else "<tombstone>"
-        print(f"{(key or b'').decode(errors='replace')}\t{text[:args.width]}")
+        print(f"{(key or b'').decode(errors='replace')}\t{text[: args.width]}")
     print(f"# {len(rows)} record(s) in {args.topic}", file=sys.stderr)
     return 0
 
@@ -94,14 +95,19 @@ def format_ab_table(rows: list[ABMetrics]) -> str:
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
-    lines = ["| variant | queries | impressions | mean relevance shown | top-3 | clicked | CTR (95% CI) "
-             "| conversion (95% CI) |", "|---|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "| variant | queries | impressions | mean relevance shown | top-3 | clicked | CTR (95% CI) "
+        "| conversion (95% CI) |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in rows:
         ctr_ci = f" [{pct(r.ctr_ci.low)}, {pct(r.ctr_ci.high)}]" if r.ctr_ci else ""
         conv_ci = f" [{pct(r.conversion_ci.low)}, {pct(r.conversion_ci.high)}]" if r.conversion_ci else ""
-        lines.append(f"| {r.variant} | {r.queries} | {r.impressions} | {num(r.mean_relevance_shown)} | "
-                     f"{num(r.mean_relevance_top3)} | {num(r.mean_relevance_clicked)} | {pct(r.ctr)}{ctr_ci} | "
-                     f"{pct(r.conversion_rate)}{conv_ci} |")
+        lines.append(
+            f"| {r.variant} | {r.queries} | {r.impressions} | {num(r.mean_relevance_shown)} | "
+            f"{num(r.mean_relevance_top3)} | {num(r.mean_relevance_clicked)} | {pct(r.ctr)}{ctr_ci} | "
+            f"{pct(r.conversion_rate)}{conv_ci} |"
+        )
     return "\n".join(lines)
 
 
@@ -139,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("produce-catalogue", "produce-queries"):
         subs[name].add_argument("--data", type=Path, default=DEFAULT_DATA)
     subs["produce-catalogue"].add_argument("--limit", type=int, default=None)
-    subs["produce-catalogue"].add_argument("--inline-images", action="store_true",
-                                           help="send image bytes instead of paths")
+    subs["produce-catalogue"].add_argument(
+        "--inline-images", action="store_true", help="send image bytes instead of paths"
+    )
     subs["produce-queries"].add_argument("--count", type=int, default=2000)
     subs["produce-queries"].add_argument("--seed", type=int, default=7)
     subs["produce-queries"].add_argument("--limit-products", type=int, default=None)

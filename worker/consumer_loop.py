@@ -63,8 +63,9 @@ class BatchProcessor(Protocol):
     def idle(self) -> None: ...
 
 
-def dead_letter(record: ConsumerRecord, error: Exception, topic: str, worker: str,
-                event_id: str | None = None) -> Output:
+def dead_letter(
+    record: ConsumerRecord, error: Exception, topic: str, worker: str, event_id: str | None = None
+) -> Output:
     """Wrap an input that cannot be processed; keyed by its coordinates so a replay overwrites it."""
     reason = error.reason if isinstance(error, EventError) else type(error).__name__
     letter = DeadLetter(
@@ -81,12 +82,19 @@ def dead_letter(record: ConsumerRecord, error: Exception, topic: str, worker: st
         worker=worker,
     )
     DEAD_LETTERS.labels(record.topic, letter.reason).inc()
-    log.warning("dead_letter", topic=record.topic, partition=record.partition, offset=record.offset,
-                reason=letter.reason, error=letter.error_message[:200], event_id=event_id)
+    log.warning(
+        "dead_letter",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        reason=letter.reason,
+        error=letter.error_message[:200],
+        event_id=event_id,
+    )
     return Output(topic, f"{record.topic}:{record.partition}:{record.offset}".encode(), encode(letter))
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, loop: ConsumerLoop) -> None:
         self.loop = loop
 
@@ -94,21 +102,33 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         parts = set(revoked)
         self.loop.revoked |= parts
         self.loop.processor.on_revoked(parts)
-        log.info("partitions_revoked", path=self.loop.processor.path, partitions=sorted(str(p) for p in parts))
+        log.info(
+            "partitions_revoked", path=self.loop.processor.path, partitions=sorted(str(p) for p in parts)
+        )
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         parts = set(assigned)
         self.loop.revoked -= parts
         self.loop.processor.on_assigned(parts)
-        log.info("partitions_assigned", path=self.loop.processor.path, partitions=sorted(str(p) for p in parts))
+        log.info(
+            "partitions_assigned", path=self.loop.processor.path, partitions=sorted(str(p) for p in parts)
+        )
 
 
 class ConsumerLoop:
     """Runs one processor on one input topic inside one consumer group until `stop` is set."""
 
-    def __init__(self, settings: Settings, topic: str, group_id: str, processor: BatchProcessor,
-                 consumer: KafkaConsumer, producer: KafkaProducer, liveness: Liveness,
-                 on_committed: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        group_id: str,
+        processor: BatchProcessor,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        liveness: Liveness,
+        on_committed: Callable[[int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.topic = topic
         self.group_id = group_id
@@ -127,7 +147,9 @@ class ConsumerLoop:
         log.info("consumer_started", path=self.processor.path, topic=self.topic, group=self.group_id)
         while not stop.is_set():
             self.liveness.beat()
-            polled = self.consumer.poll(timeout_ms=worker.batch_max_wait_ms, max_records=worker.batch_max_events)
+            polled = self.consumer.poll(
+                timeout_ms=worker.batch_max_wait_ms, max_records=worker.batch_max_events
+            )
             records = [rec for tp in sorted(polled, key=lambda t: t.partition) for rec in polled[tp]]
             self._report_lag()
             if not records:
@@ -165,7 +187,9 @@ class ConsumerLoop:
         if still:
             self.consumer.resume(*still)
 
-    def _process_with_backoff(self, records: list[ConsumerRecord], stop: threading.Event) -> list[Output] | None:
+    def _process_with_backoff(
+        self, records: list[ConsumerRecord], stop: threading.Event
+    ) -> list[Output] | None:
         triton = self.settings.triton
         delay = triton.retry_initial_s
         started = time.monotonic()
@@ -175,11 +199,19 @@ class ConsumerLoop:
             except TritonUnavailable as exc:
                 TRITON_RETRIES.inc()
                 if stop.is_set() and time.monotonic() - started > self.drain_timeout_s:
-                    log.warning("drain_abandoned", path=self.processor.path, reason="triton unavailable",
-                                records=len(records))
+                    log.warning(
+                        "drain_abandoned",
+                        path=self.processor.path,
+                        reason="triton unavailable",
+                        records=len(records),
+                    )
                     return None
-                log.warning("triton_unavailable", path=self.processor.path, retry_in_s=round(delay, 2),
-                            error=str(exc)[:200])
+                log.warning(
+                    "triton_unavailable",
+                    path=self.processor.path,
+                    retry_in_s=round(delay, 2),
+                    error=str(exc)[:200],
+                )
                 self._backoff_sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, triton.retry_max_s)
                 records[:] = [r for r in records if TopicPartition(r.topic, r.partition) not in self.revoked]
@@ -192,8 +224,10 @@ class ConsumerLoop:
         started = time.monotonic()
         while True:
             try:
-                futures = [(out.topic, self.producer.send(out.topic, key=out.key, value=out.value))
-                           for out in outputs]
+                futures = [
+                    (out.topic, self.producer.send(out.topic, key=out.key, value=out.value))
+                    for out in outputs
+                ]
                 self.producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000)
                 for topic, fut in futures:
                     fut.get(timeout=1)
@@ -202,7 +236,9 @@ class ConsumerLoop:
             except KafkaError as exc:
                 if stop.is_set() and time.monotonic() - started > self.drain_timeout_s:
                     return False
-                log.warning("publish_failed", path=self.processor.path, error=str(exc)[:200], retry_in_s=delay)
+                log.warning(
+                    "publish_failed", path=self.processor.path, error=str(exc)[:200], retry_in_s=delay
+                )
                 self._backoff_sleep(delay)
                 delay = min(delay * 2, 10.0)
 

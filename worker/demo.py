@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,11 +22,16 @@ from tqdm import tqdm
 
 from schemas import EventError, ProductEmbedding, RelevanceScore, decode_event, encode
 from worker.cli import DEFAULT_DATA, ab_rows, format_ab_table
-from worker.kafka_io import read_topic
 from worker.config import Settings
 from worker.demo_data import load_catalogue, product_event, query_log_events
-from worker.kafka_io import create_topics, make_producer
-from worker.local_services import LocalBroker, LocalTriton, ManagedProcess, free_port, prepare_model_repository
+from worker.kafka_io import create_topics, make_producer, read_topic
+from worker.local_services import (
+    LocalBroker,
+    LocalTriton,
+    ManagedProcess,
+    free_port,
+    prepare_model_repository,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +40,9 @@ def _count_keys(settings: Settings, topic: str) -> int:
     return len({k for k, _ in read_topic(settings, topic, idle_s=0.5)})
 
 
-def _wait_for(settings: Settings, topic: str, expected: int, desc: str, procs: list[ManagedProcess],
-              timeout_s: float) -> float:
+def _wait_for(
+    settings: Settings, topic: str, expected: int, desc: str, procs: list[ManagedProcess], timeout_s: float
+) -> float:
     """Progress bar over distinct keys in an output topic; returns the seconds it took."""
     started = time.monotonic()
     with tqdm(total=expected, desc=desc, unit="key") as bar:
@@ -54,8 +59,11 @@ def _wait_for(settings: Settings, topic: str, expected: int, desc: str, procs: l
             time.sleep(1.0)
 
 
-def _summary(settings: Settings, products: dict[str, dict[str, Any]], sample_queries: list[tuple[str, str]],
-             ) -> list[str]:
+def _summary(
+    settings: Settings,
+    products: dict[str, dict[str, Any]],
+    sample_queries: list[tuple[str, str]],
+) -> list[str]:
     scores: dict[str, list[RelevanceScore]] = defaultdict(list)
     for _, value in read_topic(settings, settings.topics.relevance_scores):
         try:
@@ -65,15 +73,18 @@ def _summary(settings: Settings, products: dict[str, dict[str, Any]], sample_que
         scores[rec.query_id].append(rec)
     lines = []
     for query_id, text in sample_queries:
-        rows = sorted((r for r in scores.get(query_id, []) if r.score is not None),
-                      key=lambda r: -(r.score or 0.0))
+        rows = sorted(
+            (r for r in scores.get(query_id, []) if r.score is not None), key=lambda r: -(r.score or 0.0)
+        )
         if not rows:
             continue
         lines.append(f"\n  query: {text!r}  (variant {rows[0].variant}, {len(rows)} products shown)")
         for r in rows[:5]:
             p = products.get(r.product_id, {})
-            lines.append(f"    {r.score:.3f}  {str(r.label):<10}  pos {r.position:>2}  "
-                         f"[{p.get('product_type', '?')}] {p.get('title', '?')}")
+            lines.append(
+                f"    {r.score:.3f}  {r.label!s:<10}  pos {r.position:>2}  "
+                f"[{p.get('product_type', '?')}] {p.get('title', '?')}"
+            )
     return lines
 
 
@@ -106,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             "QL_TRITON_URL": triton.grpc_url,
             "QL_WORKER_IMAGE_ROOT": str(args.data / "images"),
         }
-        os.environ.update({k: env[k] for k in ("QL_KAFKA_BOOTSTRAP_SERVERS", "QL_TRITON_URL", "QL_WORKER_IMAGE_ROOT")})
+        os.environ.update(
+            {k: env[k] for k in ("QL_KAFKA_BOOTSTRAP_SERVERS", "QL_TRITON_URL", "QL_WORKER_IMAGE_ROOT")}
+        )
         settings = Settings()
         create_topics(settings.kafka, settings.topics)
         print(f"   broker {broker.bootstrap}, triton grpc {triton.grpc_url}, metrics {triton.metrics_url}")
@@ -123,19 +136,28 @@ def main(argv: list[str] | None = None) -> int:
         for path in ("product", "query"):
             port = free_port()
             proc = ManagedProcess(
-                f"worker-{path}", [sys.executable, "-m", "worker.cli", "run", "--path", path],
+                f"worker-{path}",
+                [sys.executable, "-m", "worker.cli", "run", "--path", path],
                 logs / f"worker-{path}.log",
-                env={**env, "QL_WORKER_NAME": f"demo-{path}", "QL_WORKER_METRICS_PORT": str(port)})
+                env={**env, "QL_WORKER_NAME": f"demo-{path}", "QL_WORKER_METRICS_PORT": str(port)},
+            )
             proc.start()
             workers.append(proc)
-            print(f"   {proc.name}: pid {proc.pid}, metrics http://127.0.0.1:{port}/metrics, log {proc.log_path}")
+            print(f"   {proc.name}: pid {proc.pid}, metrics :{port}/metrics, log {proc.log_path}")
 
-        product_s = _wait_for(settings, settings.topics.product_embeddings, len(by_id), "product embeddings",
-                              workers, timeout_s=1800)
+        product_s = _wait_for(
+            settings,
+            settings.topics.product_embeddings,
+            len(by_id),
+            "product embeddings",
+            workers,
+            timeout_s=1800,
+        )
         sample: list[tuple[str, str]] = []
         sent = 0
-        for event, _ in tqdm(query_log_events(catalogue, args.queries), total=args.queries, desc="replay query logs",
-                             unit="ev"):
+        for event, _ in tqdm(
+            query_log_events(catalogue, args.queries), total=args.queries, desc="replay query logs", unit="ev"
+        ):
             producer.send(settings.topics.query_logs, key=event.query_id.encode(), value=encode(event))
             if len(sample) < 4 and sent % 97 == 5:
                 sample.append((event.query_id, event.query))
@@ -145,8 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         impressions = 0
         for _, value in read_topic(settings, settings.topics.query_logs, idle_s=0.5):
             impressions += len(orjson.loads(value or b"{}").get("impressions", []))
-        query_s = _wait_for(settings, settings.topics.relevance_scores, impressions, "relevance scores", workers,
-                            timeout_s=1800)
+        query_s = _wait_for(
+            settings,
+            settings.topics.relevance_scores,
+            impressions,
+            "relevance scores",
+            workers,
+            timeout_s=1800,
+        )
 
         ab = ab_rows(settings)
         embeddings = read_topic(settings, settings.topics.product_embeddings)

@@ -38,8 +38,11 @@ def load_catalogue(data_dir: Path, limit: int | None = None) -> list[dict[str, A
     return products
 
 
-def product_event(product: dict[str, Any], when: datetime, inline_image_root: Path | None = None,
-                  ) -> ProductUpsert:
+def product_event(
+    product: dict[str, Any],
+    when: datetime,
+    inline_image_root: Path | None = None,
+) -> ProductUpsert:
     """An upsert for one catalogue row; the image by path, or inline bytes when a root is given."""
     image: ProductImage | None = None
     if product.get("image_path"):
@@ -77,7 +80,9 @@ class _Ranker:
         for i, p in enumerate(products):
             text = p.get("title") or ""
             if with_attributes:
-                text += " " + " ".join(str(p.get(k) or "") for k in ("product_type", "colour", "gender", "usage"))
+                text += " " + " ".join(
+                    str(p.get(k) or "") for k in ("product_type", "colour", "gender", "usage")
+                )
             toks = {_stem(w) for w in _words(text)}
             self.tokens.append(toks)
             for tok in toks:
@@ -93,8 +98,13 @@ class _Ranker:
         return [i for i, _ in scored[:k]]
 
 
-def query_log_events(products: list[dict[str, Any]], count: int, seed: int = 7, start: datetime | None = None,
-                     impressions_per_query: int = 10) -> Iterator[tuple[QueryLog, dict[str, int]]]:
+def query_log_events(
+    products: list[dict[str, Any]],
+    count: int,
+    seed: int = 7,
+    start: datetime | None = None,
+    impressions_per_query: int = 10,
+) -> Iterator[tuple[QueryLog, dict[str, int]]]:
     """`count` query logs alternating variants A/B, each with the true grades of what it showed."""
     from querylife.querygen import generate_queries
 
@@ -109,8 +119,10 @@ def query_log_events(products: list[dict[str, Any]], count: int, seed: int = 7, 
         shown = rankers[variant].rank(query.text, impressions_per_query, rng)
         if not shown:
             continue
-        grades = {str(products[i]["product_id"]): query.relevance.get(str(products[i]["product_id"]), 0)
-                  for i in shown}
+        grades = {
+            str(products[i]["product_id"]): query.relevance.get(str(products[i]["product_id"]), 0)
+            for i in shown
+        }
         impressions = []
         for pos, i in enumerate(shown, start=1):
             pid = str(products[i]["product_id"])
@@ -119,7 +131,13 @@ def query_log_events(products: list[dict[str, Any]], count: int, seed: int = 7, 
             ordered = clicked and rng.random() < 0.12 * grades[pid]
             impressions.append(Impression(product_id=pid, position=pos, clicked=clicked, ordered=ordered))
         event = QueryLog(
-            event_id=f"q-{seed}-{n}", event_time=start + timedelta(milliseconds=200 * n),
-            query_id=f"qid-{seed}-{n}", query=query.text, user_id=f"u{rng.randrange(500)}",
-            session_id=f"s{n // 3}", variant=variant, impressions=impressions)
+            event_id=f"q-{seed}-{n}",
+            event_time=start + timedelta(milliseconds=200 * n),
+            query_id=f"qid-{seed}-{n}",
+            query=query.text,
+            user_id=f"u{rng.randrange(500)}",
+            session_id=f"s{n // 3}",
+            variant=variant,
+            impressions=impressions,
+        )
         yield event, grades

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -51,8 +52,12 @@ def topic_specs(topics: TopicSettings) -> list[NewTopic]:
         topics.dead_letter: {"retention.ms": str(30 * 24 * 3600 * 1000)},
     }
     return [
-        NewTopic(name, num_partitions=topics.partitions, replication_factor=topics.replication_factor,
-                 topic_configs=configs)
+        NewTopic(
+            name,
+            num_partitions=topics.partitions,
+            replication_factor=topics.replication_factor,
+            topic_configs=configs,
+        )
         for name, configs in names.items()
     ]
 
@@ -64,16 +69,16 @@ def create_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
         existing = set(admin.list_topics())
         missing = [spec for spec in topic_specs(topics) if spec.name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won the race
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
         return [spec.name for spec in missing]
     finally:
         admin.close()
 
 
-def read_topic(settings: Settings, topic: str, idle_s: float = 2.0) -> list[tuple[bytes | None, bytes | None]]:
+def read_topic(
+    settings: Settings, topic: str, idle_s: float = 2.0
+) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) currently in a topic, from the beginning, stopping after `idle_s` of silence."""
     consumer = make_consumer(settings.kafka, None)
     parts = consumer.partitions_for_topic(topic) or set()

@@ -163,8 +163,16 @@ class LocalBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         self.process = ManagedProcess(
             "tansu",
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
             log_dir / "tansu.log",
         )
         self.process.start()
@@ -259,10 +267,15 @@ class LocalTriton:
                 f"--model-repository={Path(self.model_repository).resolve()}",
                 f"--backend-directory={install.backends}",
                 f"--cache-directory={install.caches}",
-                "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-                "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
-                "--allow-gpu-metrics=false", "--exit-on-error=true", "--strict-readiness=true",
+                "--http-address=127.0.0.1",
+                f"--http-port={self.http_port}",
+                "--grpc-address=127.0.0.1",
+                f"--grpc-port={self.grpc_port}",
+                "--metrics-address=127.0.0.1",
+                f"--metrics-port={self.metrics_port}",
+                "--allow-gpu-metrics=false",
+                "--exit-on-error=true",
+                "--strict-readiness=true",
                 "--backend-config=python,shm-default-byte-size=4194304",
                 "--log-verbose=0",
             ],

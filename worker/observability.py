@@ -13,13 +13,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 
 EVENTS_IN = Counter("querylife_events_in_total", "Records consumed", ["topic"])
 EVENTS_OUT = Counter("querylife_events_out_total", "Records produced and acknowledged", ["topic"])
-DEAD_LETTERS = Counter("querylife_dead_letters_total", "Inputs sent to the dead-letter topic", ["topic", "reason"])
-BATCH_SIZE = Histogram("querylife_batch_size", "Records per processed batch", ["path"],
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-TRITON_LATENCY = Histogram("querylife_triton_latency_seconds", "Triton round trip", ["call"],
-                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-E2E_LATENCY = Histogram("querylife_end_to_end_latency_seconds", "Output ack time minus input record time",
-                        ["path"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+DEAD_LETTERS = Counter(
+    "querylife_dead_letters_total", "Inputs sent to the dead-letter topic", ["topic", "reason"]
+)
+BATCH_SIZE = Histogram(
+    "querylife_batch_size",
+    "Records per processed batch",
+    ["path"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+TRITON_LATENCY = Histogram(
+    "querylife_triton_latency_seconds",
+    "Triton round trip",
+    ["call"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+E2E_LATENCY = Histogram(
+    "querylife_end_to_end_latency_seconds",
+    "Output ack time minus input record time",
+    ["path"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 CONSUMER_LAG = Gauge("querylife_consumer_lag", "High watermark minus position", ["topic", "partition"])
 TRITON_RETRIES = Counter("querylife_triton_retries_total", "Batches retried because Triton was unavailable")
 UNKNOWN_PRODUCTS = Counter("querylife_unknown_products_total", "Impressions whose product had no embedding")

@@ -51,8 +51,10 @@ class ProductProcessor:
         if pending:
             with TRITON_LATENCY.labels("product_embedding").time():
                 results = self.client.product_embeddings(
-                    [p[2].title for p in pending], [p[2].product_type or "" for p in pending],
-                    [p[3] for p in pending])
+                    [p[2].title for p in pending],
+                    [p[2].product_type or "" for p in pending],
+                    [p[3] for p in pending],
+                )
             now = datetime.now(UTC)
             for (slot, rec, event, image), result in zip(pending, results, strict=True):
                 if result.embedding is None:

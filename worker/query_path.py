@@ -59,7 +59,9 @@ class EmbeddingState:
         started = time.monotonic()
         self.reader.read_to_end(self._apply)
         STATE_PRODUCTS.set(len(self.vectors))
-        log.info("embedding_state_loaded", products=len(self.vectors), seconds=round(time.monotonic() - started, 2))
+        log.info(
+            "embedding_state_loaded", products=len(self.vectors), seconds=round(time.monotonic() - started, 2)
+        )
         return len(self.vectors)
 
     def follow(self, timeout_ms: int = 0) -> None:
@@ -100,32 +102,51 @@ class QueryProcessor:
                 outputs.append(dead_letter(rec, exc, topics.dead_letter, worker))
         shown = {imp.product_id for _, ev in events for imp in ev.impressions}
         unknown = self.state.wait_for(shown, self.settings.worker.unknown_product_wait_s)
-        pairs = [(i, imp) for i, (_, ev) in enumerate(events) for imp in ev.impressions
-                 if imp.product_id not in unknown]
+        pairs = [
+            (i, imp)
+            for i, (_, ev) in enumerate(events)
+            for imp in ev.impressions
+            if imp.product_id not in unknown
+        ]
         scored = []
         if pairs:
             with TRITON_LATENCY.labels("query_relevance").time():
                 scored = self.client.query_relevance(
                     [events[i][1].query for i, _ in pairs],
-                    np.stack([self.state.vectors[imp.product_id] for _, imp in pairs]))
+                    np.stack([self.state.vectors[imp.product_id] for _, imp in pairs]),
+                )
         by_event: list[dict[str, float]] = [{} for _ in events]
         now = datetime.now(UTC)
         for (i, imp), result in zip(pairs, scored, strict=True):
             ev = events[i][1]
             by_event[i][imp.product_id] = result.score
             score = RelevanceScore(
-                query_id=ev.query_id, event_id=ev.event_id, product_id=imp.product_id, variant=ev.variant,
-                position=imp.position, score=min(1.0, max(0.0, result.score)), similarity=result.similarity,
-                label=ScoreLabel(result.label), model_version=self.model_version, scored_at=now)
+                query_id=ev.query_id,
+                event_id=ev.event_id,
+                product_id=imp.product_id,
+                variant=ev.variant,
+                position=imp.position,
+                score=min(1.0, max(0.0, result.score)),
+                similarity=result.similarity,
+                label=ScoreLabel(result.label),
+                model_version=self.model_version,
+                scored_at=now,
+            )
             outputs.append(Output(topics.relevance_scores, score.key(), encode(score)))
         for _, ev in events:
             for imp in ev.impressions:
                 if imp.product_id in unknown:
                     UNKNOWN_PRODUCTS.inc()
                     report = RelevanceScore(
-                        query_id=ev.query_id, event_id=ev.event_id, product_id=imp.product_id,
-                        variant=ev.variant, position=imp.position, status="unknown_product",
-                        model_version=self.model_version, scored_at=now)
+                        query_id=ev.query_id,
+                        event_id=ev.event_id,
+                        product_id=imp.product_id,
+                        variant=ev.variant,
+                        position=imp.position,
+                        status="unknown_product",
+                        model_version=self.model_version,
+                        scored_at=now,
+                    )
                     outputs.append(Output(topics.relevance_scores, report.key(), encode(report)))
         if unknown:
             log.warning("unknown_products", count=len(unknown), sample=sorted(unknown)[:5])

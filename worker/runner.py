@@ -29,21 +29,29 @@ T = TypeVar("T")
 Path_ = Literal["product", "query"]
 
 
-def retry_until(what: str, make: Callable[[], T], stop: threading.Event, max_delay_s: float = 10.0) -> T | None:
+def retry_until(
+    what: str, make: Callable[[], T], stop: threading.Event, max_delay_s: float = 10.0
+) -> T | None:
     """Retry `make` with capped exponential backoff until it works or `stop` is set (no crash loop)."""
     delay = 0.5
     while not stop.is_set():
         try:
             return make()
         except (KafkaError, TritonUnavailable, TimeoutError, OSError) as exc:
-            log.warning("dependency_unavailable", what=what, error=f"{type(exc).__name__}: {exc}"[:200],
-                        retry_in_s=delay)
+            log.warning(
+                "dependency_unavailable",
+                what=what,
+                error=f"{type(exc).__name__}: {exc}"[:200],
+                retry_in_s=delay,
+            )
             stop.wait(delay)
             delay = min(delay * 2, max_delay_s)
     return None
 
 
-def build_loop(path: Path_, settings: Settings, stop: threading.Event, liveness: Liveness) -> ConsumerLoop | None:
+def build_loop(
+    path: Path_, settings: Settings, stop: threading.Event, liveness: Liveness
+) -> ConsumerLoop | None:
     client = RelevanceClient(settings.triton)
 
     def ready_client() -> RelevanceClient:
@@ -78,8 +86,9 @@ def build_loop(path: Path_, settings: Settings, stop: threading.Event, liveness:
     return ConsumerLoop(settings, topic, group, processor, consumer, producer, liveness)
 
 
-def _run_path(path: Path_, settings: Settings, stop: threading.Event, liveness: Liveness,
-              errors: list[BaseException]) -> None:
+def _run_path(
+    path: Path_, settings: Settings, stop: threading.Event, liveness: Liveness, errors: list[BaseException]
+) -> None:
     try:
         loop = build_loop(path, settings, stop, liveness)
         if loop is not None:
@@ -91,17 +100,24 @@ def _run_path(path: Path_, settings: Settings, stop: threading.Event, liveness: 
         stop.set()
 
 
-def run_worker(settings: Settings, paths: list[Path_], stop: threading.Event | None = None,
-               install_signals: bool = True) -> int:
+def run_worker(
+    settings: Settings, paths: list[Path_], stop: threading.Event | None = None, install_signals: bool = True
+) -> int:
     """Run the given paths until stopped; returns a process exit code."""
     configure_logging()
     stop = stop or threading.Event()
     liveness = Liveness()
     server = serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, liveness)
-    log.info("worker_starting", paths=paths, name=settings.worker.name,
-             metrics=f"http://{settings.worker.metrics_host}:{server.server_port}/metrics",
-             kafka=settings.kafka.bootstrap_servers, triton=settings.triton.url)
+    log.info(
+        "worker_starting",
+        paths=paths,
+        name=settings.worker.name,
+        metrics=f"http://{settings.worker.metrics_host}:{server.server_port}/metrics",
+        kafka=settings.kafka.bootstrap_servers,
+        triton=settings.triton.url,
+    )
     if install_signals:
+
         def on_signal(signum: int, _frame: object) -> None:
             log.info("stop_requested", signal=signal.Signals(signum).name)
             stop.set()
@@ -109,8 +125,9 @@ def run_worker(settings: Settings, paths: list[Path_], stop: threading.Event | N
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     errors: list[BaseException] = []
-    threads = [threading.Thread(target=_run_path, args=(p, settings, stop, liveness, errors), name=p)
-               for p in paths]
+    threads = [
+        threading.Thread(target=_run_path, args=(p, settings, stop, liveness, errors), name=p) for p in paths
+    ]
     for thread in threads:
         thread.start()
     while any(t.is_alive() for t in threads):
