@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "KNOWN_BRANDS",
     "Query",
     "generate_queries",
     "normalise_type",
@@ -119,11 +120,19 @@ _GENDER_TOKENS = {
 }  # fmt: skip
 
 
+# Multi-word brands that appear in titles without a gender word ("Flying Machine Blue Jeans").
+KNOWN_BRANDS = (
+    "carlton london", "chhota bheem", "flying machine", "gini and jony", "united colors of benetton",
+    "warner bros",
+)  # fmt: skip
+
+
 def product_brand(title: str, known_brands: Iterable[str] = ()) -> str:
     """Brand from a title: the words before the gender word ("Nike Men ..." -> "nike").
 
     Catalogue titles read "<Brand> <Gender> <description> <Colour> <Type>". Titles without a
     gender word fall back to the longest known brand that prefixes the title, else the first word.
+    Pass ``KNOWN_BRANDS`` for the catalogue's multi-word brands.
     """
     words = title.split()
     for i, w in enumerate(words):
@@ -270,12 +279,9 @@ class _Index:
 
     def __init__(self, products: Sequence[dict]) -> None:
         self.ids = [str(p["product_id"]) for p in products]
-        raw_brands = [product_brand(str(p.get("title", ""))) for p in products]
-        with_gender = {b for b, p in zip(raw_brands, products, strict=True) if _has_gender(p)}
-        self.brands = [
-            b if _has_gender(p) else product_brand(str(p.get("title", "")), with_gender)
-            for b, p in zip(raw_brands, products, strict=True)
-        ]
+        # A fixed brand list (not one learned from ``products``) keeps a product's query texts
+        # independent of the other products passed, e.g. of the trainer's split.
+        self.brands = [product_brand(str(p.get("title", "")), KNOWN_BRANDS) for p in products]
         cols = {
             "type": [normalise_type(str(p.get("product_type", ""))) for p in products],
             "colour": [str(p.get("colour", "")) for p in products],
@@ -304,10 +310,6 @@ class _Index:
             m = np.isin(self.codes[attr], np.asarray(ok, dtype=np.int32))
             self._masks[slot] = m
         return m
-
-
-def _has_gender(p: dict) -> bool:
-    return any(w.lower() in _GENDER_TOKENS for w in str(p.get("title", "")).split()[1:])
 
 
 def relevance_grade(head: np.ndarray, attrs: Sequence[np.ndarray]) -> np.ndarray:

@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from querylife.querygen import (
+    KNOWN_BRANDS,
     generate_queries,
     normalise_type,
     pluralise,
@@ -63,6 +64,7 @@ def test_product_brand() -> None:
     assert product_brand("United Colors of Benetton Women Solid Pink Dress") == "united colors of benetton"
     assert product_brand("Flying Machine Blue Jeans", ["flying machine", "flying"]) == "flying machine"
     assert product_brand("Genesis Maroon Formal Shirt") == "genesis"
+    assert product_brand("Flying Machine Blue Jeans", KNOWN_BRANDS) == "flying machine"
 
 
 def test_relevance_grade_rule() -> None:
@@ -117,6 +119,9 @@ def test_deterministic_and_seed_dependent() -> None:
     # A product's queries do not depend on the other products passed.
     solo = generate_queries(PRODUCTS[:1], seed=3, per_product=3)
     assert [q.text for q in solo] == [q.text for q in a[:3]]
+    # Also for titles without a gender word, whose brand comes from the fixed KNOWN_BRANDS list.
+    jeans = generate_queries(PRODUCTS[6:7], seed=3, per_product=3)
+    assert [q.text for q in jeans] == [q.text for q in a[18:21]]
     # Per-product queries are distinct.
     for k in range(len(PRODUCTS)):
         chunk = [q.text for q in a[3 * k : 3 * k + 3]]
