@@ -41,6 +41,7 @@ __all__ = [
     "LikelihoodJudge",
     "OverlapJudge",
     "auc",
+    "cache_agreement",
     "calibrate_threshold",
     "candidate_pairs",
     "false_negative_mask",
@@ -488,6 +489,41 @@ def calibrate_threshold(scores: Sequence[float], labels: Sequence[int], min_prec
     return best_t if best_r >= 0 else best_f1_t
 
 
+def cache_agreement(path: str | Path, judge_name: str, queries: Sequence[Query]) -> dict[str, float]:
+    """Report-only: stored scores/verdicts vs generator labels (>= 2) on the cached pairs.
+
+    The cached pairs are the in-distribution case (same type, top overlap), unlike the balanced
+    held-out set, so this is the number that says how much of the mask is right.
+    """
+    rel: dict[str, dict[str, int]] = {}
+    for q in queries:
+        rel.setdefault(q.text, q.relevance)
+    scores: list[float] = []
+    labels: list[int] = []
+    verdicts: list[bool] = []
+    with Path(path).open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if r.get("judge") != judge_name or r["query"] not in rel:
+                continue
+            scores.append(float(r["score"]))
+            verdicts.append(bool(r["verdict"]))
+            labels.append(int(rel[r["query"]].get(str(r["product_id"]), 0) >= 2))
+    y = np.asarray(labels, dtype=bool)
+    v = np.asarray(verdicts, dtype=bool)
+    tp = int((v & y).sum())
+    return {
+        "pairs": float(len(labels)),
+        "label_positive_rate": float(y.mean()) if len(y) else float("nan"),
+        "verdict_positive_rate": float(v.mean()) if len(v) else float("nan"),
+        "precision": tp / max(int(v.sum()), 1),
+        "recall": tp / max(int(y.sum()), 1),
+        "auc": auc(scores, labels),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Cache.
 
@@ -663,6 +699,7 @@ def genfilt_cache_main(argv: Sequence[str] | None = None) -> int:
     verdicts = load_judgements(cache.path, judge.name)
     report["cache"]["records"] = len(verdicts)
     report["cache"]["positive_verdicts"] = sum(verdicts.values())
+    report["cache_vs_labels"] = cache_agreement(cache.path, judge.name, queries)
     rep_path = args.cache_dir / f"{judge.name}_report.json"
     rep_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(report["cache"], indent=1), flush=True)

@@ -13,6 +13,7 @@ from querylife.genfilt import (
     JudgementCache,
     OverlapJudge,
     auc,
+    cache_agreement,
     calibrate_threshold,
     candidate_pairs,
     false_negative_mask,
@@ -132,6 +133,19 @@ def test_cache_round_trip_and_resume(tmp_path: Path) -> None:
         "verdict": True,
         "threshold": 0.5,
     }
+
+
+def test_cache_agreement_against_labels(tmp_path: Path) -> None:
+    q = Query(text="black tshirt men", source_product_id="1", relevance={"1": 3, "6": 3, "2": 2, "3": 2})
+    recs = [("6", 0.9, True), ("2", 0.2, False), ("4", 0.5, True), ("3", 0.7, True)]
+    JudgementCache(tmp_path / "j.jsonl").append(
+        {"query": q.text, "product_id": pid, "judge": "j", "score": sc, "verdict": v, "threshold": 0.5}
+        for pid, sc, v in recs
+    )
+    got = cache_agreement(tmp_path / "j.jsonl", "j", [q])
+    assert got["pairs"] == 4 and got["label_positive_rate"] == 0.75
+    assert got["precision"] == pytest.approx(2 / 3) and got["recall"] == pytest.approx(2 / 3)
+    assert got["auc"] == pytest.approx(2 / 3)  # label-1 product 4 (0.5) outranks product 2 (0.2)
 
 
 def test_auc_calibration_and_labelled_pairs() -> None:
