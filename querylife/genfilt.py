@@ -22,6 +22,7 @@ import math
 import os
 import random
 import re
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -642,7 +643,7 @@ def genfilt_cache_main(argv: Sequence[str] | None = None) -> int:
     by_id = {str(p["product_id"]): p for p in products}
     judge = make_judge(args.judge, args.model, args.threshold)
     overlap = OverlapJudge()
-    report: dict[str, Any] = {"judge": judge.name, "products": str(args.products), "argv": list(argv or [])}
+    report: dict[str, Any] = {"judge": judge.name, "products": str(args.products), "argv": list(sys.argv[1:] if argv is None else argv)}
 
     # 1. Calibrate on labelled pairs from a separately seeded query set.
     if args.threshold is None and args.calib_queries > 0:
@@ -690,7 +691,7 @@ def genfilt_cache_main(argv: Sequence[str] | None = None) -> int:
     cache = JudgementCache(args.cache_dir / f"{judge.name}.jsonl")
     stats = judge_into_cache(judge, pairs, by_id, cache, progress=not args.no_progress)
     report["cache"] = {
-        "path": str(cache.path),
+        "path": os.path.relpath(cache.path),
         "unique_training_texts": len({q.text for q in queries}),
         "sampled_texts": len(sample),
         "candidate_pairs": len(pairs),
