@@ -1,7 +1,7 @@
 """Demo traffic: the fashion catalogue as upsert events, and simulated search logs for an A/B test.
 
-Variant "A" (control) ranks candidates by title word overlap with the query; variant "B" ranks by
-overlap with the product's type, colour, gender and usage as well. Simulated shoppers click with a
+Variant "A" (control) ranks candidates by IDF-weighted title word overlap with the query; variant
+"B" also matches the product's type, colour, gender and usage fields. Simulated shoppers click with a
 probability that grows with the product's true (generated) relevance grade and falls with position,
 and order some of what they click. So B should show higher relevance and conversion; the model's
 scores, which never see the grades, should agree.
@@ -89,13 +89,16 @@ class _Ranker:
                 self.index[tok].append(i)
 
     def rank(self, query: str, k: int, rng: random.Random) -> list[int]:
-        q = {_stem(w) for w in _words(query)}
-        counts: dict[int, int] = defaultdict(int)
-        for tok in q:
-            for i in self.index.get(tok, ()):
-                counts[i] += 1
-        scored = sorted(counts.items(), key=lambda kv: (-kv[1], rng.random()))
-        return [i for i, _ in scored[:k]]
+        """Top-k by summed IDF of matched query words (rare words such as a type weigh most)."""
+        n = len(self.products)
+        scores: dict[int, float] = defaultdict(float)
+        for tok in {_stem(w) for w in _words(query)}:
+            hits = self.index.get(tok, ())
+            idf = math.log((n + 1) / (len(hits) + 1))
+            for i in hits:
+                scores[i] += idf
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], rng.random()))
+        return [i for i, _ in ranked[:k]]
 
 
 def query_log_events(
