@@ -643,7 +643,8 @@ def genfilt_cache_main(argv: Sequence[str] | None = None) -> int:
     by_id = {str(p["product_id"]): p for p in products}
     judge = make_judge(args.judge, args.model, args.threshold)
     overlap = OverlapJudge()
-    report: dict[str, Any] = {"judge": judge.name, "products": str(args.products), "argv": list(sys.argv[1:] if argv is None else argv)}
+    cmd = list(sys.argv[1:] if argv is None else argv)
+    report: dict[str, Any] = {"judge": judge.name, "products": str(args.products), "argv": cmd}
 
     # 1. Calibrate on labelled pairs from a separately seeded query set.
     if args.threshold is None and args.calib_queries > 0:
