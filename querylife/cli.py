@@ -26,6 +26,8 @@ ROW_LABELS = {
     "ablate_no_alignment": "ablation: without query-aware alignment terms",
     "ablate_no_genfilt": "ablation: without GenFilt",
     "genfilt_oracle": "reference: GenFilt with oracle labels (upper bound of filtering)",
+    "type_aware_batches": "Query-LIFE full with type-aware batches (hard negatives, GenFilt smollm2)",
+    "type_aware_batches_oracle": "type-aware batches + oracle GenFilt (upper bound)",
 }
 DEFAULT_ORDER = [
     "zero_shot",
@@ -36,6 +38,8 @@ DEFAULT_ORDER = [
     "ablate_no_alignment",
     "ablate_no_genfilt",
     "genfilt_oracle",
+    "type_aware_batches",
+    "type_aware_batches_oracle",
 ]
 
 
@@ -59,7 +63,13 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for tower feature extraction")
+    ap.add_argument(
+        "--train-threads",
+        type=int,
+        default=1,
+        help="torch threads for head training (tiny matmuls: 1 is fastest, esp. on a shared CPU)",
+    )
 
 
 def default_judge() -> str:
@@ -137,6 +147,7 @@ def cmd_train(argv: list[str]) -> int:
         over["epochs"] = a.epochs
     cfg = variant_config(a.variant, judge=a.judge or default_judge(), **over)
     prep = prepare(a.data_dir, image_size=a.image_size, cache_dir=a.cache_dir)
+    _threads(a.train_threads)
     out = a.out or RUNS_DIR / cfg.name
     res = train(cfg, prep, out, resume=not a.no_resume)
     head, cal, _ = load_head(out)
@@ -276,7 +287,8 @@ def _report(
         f"Test split: {len(test.products)} products never trained on (deterministic hash split by "
         f"product id), {len(test.queries)} queries generated from them (querygen, seed 0, 2 per product) "
         "retrieving among the test products. NDCG@10: gain 2^grade-1. R@k: relevant (grade>=2) products in "
-        "the top k divided by min(k, #relevant). MRR: first relevant product. AUC/ECE: calibrated probability "
+        "the top k divided by min(k, #relevant). MRR: first relevant product. AUC/ECE: calibrated "
+        "probability "
         "vs grade>=2 over all test (query, product) pairs. Early stopping on validation NDCG@10; calibration "
         "fitted on validation."
     )
@@ -339,6 +351,7 @@ def cmd_reproduce(argv: list[str]) -> int:
     t0 = time.time()
     prep = prepare(a.data_dir, image_size=a.image_size, cache_dir=a.cache_dir)
     timings = {"features + queries": time.time() - t0}
+    _threads(a.train_threads)
     runs: dict[str, Path] = {}
     for name in [v for v in a.variants.split(",") if v]:
         over: dict[str, Any] = {"image_size": a.image_size}
