@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -76,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="few calls (a smoke run, ~1-2 min)")
     ap.add_argument("--url", default=None, help="gRPC address of a running Triton (default: start one)")
     ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads in process (Triton: config)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in process (as the CPU configs)")
+    ap.add_argument(
+        "--triton-threads", type=int, default=None, help="override num_threads in the exported configs"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,6 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     triton: LocalTriton | None = None
     if a.url is None:
         repo = prepare_model_repository(Path(tempfile.mkdtemp(prefix="bench-triton-")) / "model_repository")
+        if a.triton_threads is not None:
+            for cfg in repo.glob("*/config.pbtxt"):
+                cfg.write_text(
+                    re.sub(
+                        r'(key: "num_threads"\s*value: \{ string_value: ")\d+',
+                        rf"\g<1>{a.triton_threads}",
+                        cfg.read_text(),
+                    )
+                )
         t0 = time.perf_counter()
         triton = LocalTriton(repo).start()
         print(f"triton ready in {time.perf_counter() - t0:.1f} s ({triton.grpc_url})", flush=True)
@@ -173,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"quick": a.quick, "threads": a.threads, "cpus": os.cpu_count(), "torch": torch.__version__}
+        meta = {
+            "quick": a.quick,
+            "threads": a.threads,
+            "triton_threads": a.triton_threads,
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+        }
         a.json.write_text(
             json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1) + "\n"
         )

@@ -26,7 +26,7 @@ def load_for_triton(args: dict[str, Any]) -> tuple[QueryLifeModel, dict[str, Any
     """Load the exported checkpoint of this model version and check it against the stamped version."""
     config: dict[str, Any] = json.loads(args["model_config"])
     params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-    torch.set_num_threads(int(params.get("num_threads", "2")))
+    torch.set_num_threads(int(params.get("num_threads", "1")))
     device = "cpu"
     if args.get("model_instance_kind") == "GPU":
         device = f"cuda:{args['model_instance_device_id']}"
