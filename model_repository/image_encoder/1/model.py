@@ -8,54 +8,24 @@ ERROR "reason: message"; an empty payload is simply "no image" (ERROR empty).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
 from PIL import Image
 
 from querylife.imaging import ImageError, decode_image, preprocess
-from querylife.model import QueryLifeModel, load_model
+from querylife.serving import concat_input, load_model_for_triton, request_sizes, split_responses
 from schemas.limits import LIMITS
-
-
-def load_for_triton(args: dict[str, Any]) -> tuple[QueryLifeModel, dict[str, Any]]:
-    """Load the exported checkpoint of this model version and check it against the stamped version."""
-    config: dict[str, Any] = json.loads(args["model_config"])
-    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-    torch.set_num_threads(int(params.get("num_threads", "1")))
-    device = "cpu"
-    if args.get("model_instance_kind") == "GPU":
-        device = f"cuda:{args['model_instance_device_id']}"
-    checkpoint = Path(args["model_repository"]) / args["model_version"] / "checkpoint"
-    if not checkpoint.is_dir():
-        raise pb_utils.TritonModelException(
-            f"{checkpoint} is missing: run `querylife export --out <model_repository>` first"
-        )
-    model = load_model(checkpoint, device=device)
-    stamped = params.get("querylife_version")
-    if stamped != model.version:
-        raise pb_utils.TritonModelException(
-            f"config.pbtxt stamps querylife_version={stamped!r} but {checkpoint} holds {model.version!r}; "
-            "re-run `querylife export`"
-        )
-    return model, config
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
-        self.model, _ = load_for_triton(args)
+        self.model = load_model_for_triton(args, pb_utils)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        payloads: list[bytes] = []
-        sizes: list[int] = []
-        for request in requests:
-            raw = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
-            payloads.extend(bytes(b) for b in raw)
-            sizes.append(len(raw))
+        sizes = request_sizes(requests, "IMAGE", pb_utils)
+        payloads = [bytes(b) for b in concat_input(requests, "IMAGE", pb_utils).reshape(-1)]
         n = len(payloads)
         errors = np.full((n, 1), b"", dtype=np.object_)
         has_image = np.zeros((n, 1), dtype=np.bool_)
@@ -81,18 +51,4 @@ class TritonPythonModel:
             pixels = preprocess(images, self.model.image_size)
             emb[rows] = self.model.encode_images(pixels).float().cpu().numpy()
             has_image[rows, 0] = True
-        responses = []
-        start = 0
-        for size in sizes:
-            end = start + size
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("EMBEDDING", emb[start:end]),
-                        pb_utils.Tensor("HAS_IMAGE", has_image[start:end]),
-                        pb_utils.Tensor("ERROR", errors[start:end]),
-                    ]
-                )
-            )
-            start = end
-        return responses
+        return split_responses(sizes, {"EMBEDDING": emb, "HAS_IMAGE": has_image, "ERROR": errors}, pb_utils)
