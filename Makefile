@@ -13,6 +13,9 @@ test: install
 bench: install
 	.venv/bin/python -m benchmarks.end_to_end $(ARGS)
 
+reliability: install
+	.venv/bin/python -m reliability $(ARGS)
+
 reproduce: install
 	.venv/bin/querylife reproduce $(ARGS)
 
