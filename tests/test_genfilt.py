@@ -23,32 +23,9 @@ from querylife.genfilt import (
     product_text,
 )
 from querylife.querygen import Query, generate_queries
+from tests.toy_catalogue import TOY_PRODUCTS, toy_product
 
-
-def _p(pid: str, title: str, ptype: str, colour: str, gender: str, usage: str = "Casual") -> dict:
-    return {
-        "product_id": pid,
-        "title": title,
-        "product_type": ptype,
-        "master_category": "Apparel",
-        "sub_category": "Topwear",
-        "colour": colour,
-        "gender": gender,
-        "season": "Fall",
-        "usage": usage,
-        "year": "2012",
-        "image_path": f"{pid}.jpg",
-    }
-
-
-PRODUCTS = [
-    _p("1", "Nike Men Black Tshirt", "Tshirts", "Black", "Men", "Sports"),
-    _p("2", "Nike Women Black Tshirt", "Tshirts", "Black", "Women", "Sports"),
-    _p("3", "Puma Men Red Tshirt", "Tshirts", "Red", "Men"),
-    _p("4", "Puma Men Black Casual Shoes", "Casual Shoes", "Black", "Men"),
-    _p("5", "Fabindia Women Navy Blue Kurta", "Kurtas", "Navy Blue", "Women", "Ethnic"),
-    _p("6", "Adidas Unisex Black Tshirt", "Tshirts", "Black", "Unisex", "Sports"),
-]
+PRODUCTS = TOY_PRODUCTS[:6]
 BY_ID = {p["product_id"]: p for p in PRODUCTS}
 
 
@@ -167,9 +144,9 @@ def test_likelihood_judge_prefers_matching_product() -> None:
 
     torch.set_num_threads(1)
     judge = LikelihoodJudge("smollm2", batch_size=8)
-    shoes = _p("9", "Puma Men Black Casual Shoes", "Casual Shoes", "Black", "Men")
-    kurta = _p("10", "Fabindia Women Navy Blue Kurta", "Kurtas", "Navy Blue", "Women", "Ethnic")
-    watch = _p("11", "Titan Women Gold Watch", "Watches", "Gold", "Women")
+    shoes = toy_product("9", "Puma Men Black Casual Shoes", "Casual Shoes", "Black", "Men")
+    kurta = toy_product("10", "Fabindia Women Navy Blue Kurta", "Kurtas", "Navy Blue", "Women", "Ethnic")
+    watch = toy_product("11", "Titan Women Gold Watch", "Watches", "Gold", "Women")
     s = judge.score(
         [
             ("black shoes men", shoes),

@@ -14,34 +14,9 @@ from querylife.querygen import (
     product_brand,
     relevance_grade,
 )
+from tests.toy_catalogue import TOY_PRODUCTS
 
-
-def _p(pid: str, title: str, ptype: str, colour: str, gender: str, usage: str = "Casual") -> dict:
-    return {
-        "product_id": pid,
-        "title": title,
-        "product_type": ptype,
-        "master_category": "Apparel",
-        "sub_category": "Topwear",
-        "colour": colour,
-        "gender": gender,
-        "season": "Fall",
-        "usage": usage,
-        "year": "2012",
-        "image_path": f"{pid}.jpg",
-    }
-
-
-PRODUCTS = [
-    _p("1", "Nike Men Black Tshirt", "Tshirts", "Black", "Men", "Sports"),
-    _p("2", "Nike Women Black Tshirt", "Tshirts", "Black", "Women", "Sports"),
-    _p("3", "Puma Men Red Tshirt", "Tshirts", "Red", "Men"),
-    _p("4", "Puma Men Black Casual Shoes", "Casual Shoes", "Black", "Men"),
-    _p("5", "Fabindia Women Navy Blue Kurta", "Kurtas", "Navy Blue", "Women", "Ethnic"),
-    _p("6", "Adidas Unisex Black Tshirt", "Tshirts", "Black", "Unisex", "Sports"),
-    _p("7", "Flying Machine Blue Jeans", "Jeans", "Blue", "Men"),
-    _p("8", "ADIDAS Originals Men Red Tshirt", "Tshirts", "Red", "Men"),
-]
+PRODUCTS = TOY_PRODUCTS
 
 
 def test_normalise_type_and_plurals() -> None:
