@@ -17,7 +17,7 @@ reliability: install
 	.venv/bin/python -m reliability $(ARGS)
 
 reproduce: install
-	.venv/bin/querylife reproduce $(ARGS)
+	.venv/bin/querylife reproduce --fresh $(ARGS)
 
 schemas: install
 	.venv/bin/python -m schemas.export
