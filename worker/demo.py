@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "Sample queries, top-5 shown products by relevance score:",
             *_summary(settings, by_id, sample),
             "",
-            "A/B test (A: title-overlap ranking, B: attribute-aware ranking; simulated shoppers):",
+            "A/B test (A: overlap ranking; B: A's top 6 + 4 off-query products; simulated shoppers):",
             format_ab_table(ab),
             "",
             "Outputs (topics on the demo broker, gone when it stops; copies under "

@@ -1,10 +1,11 @@
 """Demo traffic: the fashion catalogue as upsert events, and simulated search logs for an A/B test.
 
-Variant "A" (control) ranks candidates by IDF-weighted title word overlap with the query; variant
-"B" also matches the product's type, colour, gender and usage fields. Simulated shoppers click with a
-probability that grows with the product's true (generated) relevance grade and falls with position,
-and order some of what they click. So B should show higher relevance and conversion; the model's
-scores, which never see the grades, should agree.
+Variant "A" (control) ranks candidates by IDF-weighted overlap of the query with the product's
+title, type, colour, gender and usage. Variant "B" keeps A's top 6 and mixes in 4 products drawn
+from the whole catalogue (a ranker that promotes off-query items, as a regression would). Simulated
+shoppers click with a probability that grows with the product's true (generated) relevance grade and
+falls with position, and order some of what they click. So B should lose relevance, CTR and
+conversion; the model's relevance scores, which never see the grades, should show the same drop.
 """
 
 from __future__ import annotations
@@ -114,14 +115,18 @@ def query_log_events(
     rng = random.Random(seed)
     queries = generate_queries(products, seed=seed, per_product=1)
     rng.shuffle(queries)
-    rankers = {"A": _Ranker(products, with_attributes=False), "B": _Ranker(products, with_attributes=True)}
+    ranker = _Ranker(products, with_attributes=True)
     start = start or datetime.now(UTC) - timedelta(minutes=10)
     for n in range(count):
         query = queries[n % len(queries)]
         variant = "A" if n % 2 == 0 else "B"
-        shown = rankers[variant].rank(query.text, impressions_per_query, rng)
+        shown = ranker.rank(query.text, impressions_per_query, rng)
         if not shown:
             continue
+        if variant == "B":
+            shown = shown[:6] + [rng.randrange(len(products)) for _ in range(impressions_per_query - 6)]
+            shown = list(dict.fromkeys(shown))  # a product is shown once
+            rng.shuffle(shown)
         grades = {
             str(products[i]["product_id"]): query.relevance.get(str(products[i]["product_id"]), 0)
             for i in shown
@@ -131,7 +136,7 @@ def query_log_events(
             pid = str(products[i]["product_id"])
             p_click = (0.04 + 0.22 * grades[pid]) / math.log2(pos + 1)
             clicked = rng.random() < p_click
-            ordered = clicked and rng.random() < 0.12 * grades[pid]
+            ordered = clicked and rng.random() < 0.05 * grades[pid]
             impressions.append(Impression(product_id=pid, position=pos, clicked=clicked, ordered=ordered))
         event = QueryLog(
             event_id=f"q-{seed}-{n}",
