@@ -9,6 +9,7 @@ off while still polling (the group membership stays alive, no busy loop, no comm
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -25,6 +26,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from schemas import DeadLetter, EventError, encode
 from worker.config import Settings
+from worker.kafka_io import make_producer
 from worker.observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
@@ -222,6 +224,7 @@ class ConsumerLoop:
         """Produce and wait for every ack; retry the whole set (idempotent by key) on broker errors."""
         delay = 0.5
         started = time.monotonic()
+        failures = 0
         while True:
             try:
                 futures = [
@@ -239,8 +242,24 @@ class ConsumerLoop:
                 log.warning(
                     "publish_failed", path=self.processor.path, error=str(exc)[:200], retry_in_s=delay
                 )
+                failures += 1
+                if failures % 3 == 0:
+                    # a producer in a fatal state (e.g. its producer id unknown to a restarted broker)
+                    # fails every send forever: start a fresh one
+                    self._replace_producer()
                 self._backoff_sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _replace_producer(self) -> None:
+        try:
+            fresh = make_producer(self.settings.kafka)
+        except KafkaError as exc:
+            log.warning("producer_recreate_failed", path=self.processor.path, error=str(exc)[:200])
+            return
+        old, self.producer = self.producer, fresh
+        with contextlib.suppress(Exception):
+            old.close(timeout=0)
+        log.warning("producer_recreated", path=self.processor.path)
 
     def _commit(self, records: list[ConsumerRecord]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
