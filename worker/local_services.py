@@ -68,6 +68,7 @@ class ManagedProcess:
                 start_new_session=True,  # own process group: a stop also ends its children (Triton stubs)
             )
         _LIVE.append(self)
+        _exit_on_sigterm()
 
     @property
     def pid(self) -> int | None:
@@ -127,6 +128,17 @@ _LIVE: list[ManagedProcess] = []
 def _stop_all() -> None:
     for proc in list(_LIVE):
         proc.stop(timeout_s=5)
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM's default action skips atexit, which would orphan the services: turn it into SystemExit."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+        signal.SIG_DFL,
+        None,
+    ):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _default_log_dir() -> Path:
