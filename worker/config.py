@@ -82,7 +82,7 @@ class TritonSettings(BaseSettings):
     private_key: Path | None = None
     certificate_chain: Path | None = None
     timeout_s: float = 30.0
-    max_batch: int = 32
+    max_batch: int = 256
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
 
