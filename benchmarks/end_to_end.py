@@ -124,7 +124,7 @@ def steady_rate(done_ms: Iterable[int]) -> float:
     lo, hi = int(0.1 * (len(t) - 1)), int(0.9 * (len(t) - 1))
     if hi <= lo or t[hi] <= t[lo]:
         return float("nan")
-    return (hi - lo) / (t[hi] - t[lo])
+    return float((hi - lo) / (t[hi] - t[lo]))
 
 
 # ---------------------------------------------------------------------------------------------- triton
@@ -283,7 +283,12 @@ def in_process_queries(model: Any, events: list[Any], vectors: dict[str, np.ndar
 
 
 def batch_sweep(
-    model: Any, triton: LocalTriton, rows: list[dict[str, Any]], jpegs: list[bytes], seconds: float
+    model: Any,
+    triton: LocalTriton,
+    rows: list[dict[str, Any]],
+    jpegs: list[bytes],
+    sizes: tuple[int, ...],
+    seconds: float,
 ) -> list[dict[str, Any]]:
     """Items/s of one synchronous caller at each batch size: Triton round trip vs in-process."""
     from querylife.imaging import decode_image, preprocess
@@ -301,7 +306,7 @@ def batch_sweep(
         return [f"{rows[(n * b + j) % len(rows)]['title'].lower()} #{n}" for j in range(b)]
 
     try:
-        for b in (1, 8, 32, 64):
+        for b in sizes:
             idx = list(range(b))
             titles = [rows[i]["title"] for i in idx]
             types = [rows[i]["product_type"] for i in idx]
@@ -491,6 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level-seconds", type=float, default=None, help="seconds per load level (10, quick 5)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep")
     ap.add_argument("--profile", action="store_true", help="also cProfile the query path (in this process)")
+    ap.add_argument(
+        "--triton-max-batch-size",
+        type=int,
+        default=None,
+        help="override max_batch_size in every exported config (tuning; set QL_TRITON_MAX_BATCH to match)",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -507,7 +518,14 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="querylife-bench-"))
     broker = LocalBroker(log_dir=work).start()
-    triton = LocalTriton(prepare_model_repository(work / "model_repository"), log_dir=work).start()
+    repo = prepare_model_repository(work / "model_repository")
+    if args.triton_max_batch_size:
+        for cfg in repo.glob("*/config.pbtxt"):
+            text = re.sub(
+                r"max_batch_size: \d+", f"max_batch_size: {args.triton_max_batch_size}", cfg.read_text()
+            )
+            cfg.write_text(text)
+    triton = LocalTriton(repo, log_dir=work).start()
     print(f"broker and triton ready in {time.perf_counter() - t_start:.0f} s (logs in {work})", flush=True)
     settings = bench_settings(broker, triton, datetime.now(UTC).strftime("%H%M%S"))
     w = settings.worker
@@ -534,7 +552,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.no_sweep:
             print("1. throughput vs batch size (one synchronous caller)", flush=True)
-            results["batch_sweep"] = batch_sweep(model, triton, rows, jpegs, 0.6 if args.quick else 2.0)
+            sizes = (1, 32) if args.quick else (1, 8, 32, 64)
+            results["batch_sweep"] = batch_sweep(
+                model, triton, rows, jpegs, sizes, 0.6 if args.quick else 2.0
+            )
 
         # ---- product upserts, backlogged
         print(f"2. product upserts: {len(rows)} backlogged", flush=True)
@@ -693,7 +714,9 @@ def save(results: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "end_to_end.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    (out / "end_to_end.json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
     load = results["load_average_at_start"][0]
     subtitle = f"{results['machine']}\n{results['command'].strip()}, load average {load:.1f}"
 
@@ -704,7 +727,10 @@ def save(results: dict[str, Any], out: Path) -> None:
             (
                 axes[0],
                 "text",
-                ("query path end-to-end (pairs/s)", results["queries"]["pipeline_pairs_per_s"]),
+                (
+                    "query path end-to-end, pairs/s (~10 pairs share a query)",
+                    results["queries"]["pipeline_pairs_per_s"],
+                ),
             ),
             (axes[1], "product", ("product path end-to-end", results["products"]["pipeline_per_s"])),
         ):
@@ -716,7 +742,8 @@ def save(results: dict[str, Any], out: Path) -> None:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
             ax.axhline(pipeline[1], color="k", linestyle="--", linewidth=1, label=pipeline[0])
             ax.set_xscale("log", base=2)
-            ax.set_xticks([1, 8, 32, 64], ["1", "8", "32", "64"])
+            sizes = sorted({r["batch"] for r in sweep})
+            ax.set_xticks(sizes, [str(x) for x in sizes])
             ax.set_xlabel("batch size (items per call)")
             ax.set_ylabel("items / s")
             ax.set_ylim(bottom=0)
