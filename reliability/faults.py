@@ -820,7 +820,8 @@ def scenario_broker_restart(stack: Stack, sizes: Sizes, seed: int = 5) -> Scenar
         }
         if acc.ab_queries > len(after):
             result.notes.append(
-                f"A/B counts {acc.ab_queries - len(after)} query(ies) more than sent on the fresh broker: the "
+                f"A/B counts {acc.ab_queries - len(after)} query(ies) more than sent on the fresh broker: "
+                "the "
                 "batch in flight when the old broker died was re-published into the new cluster once the "
                 "producer was replaced (at-least-once from the worker's view; an artifact of an empty broker)"
             )
