@@ -580,7 +580,10 @@ def scenario_worker_kill(stack: Stack, sizes: Sizes, seed: int = 1) -> ScenarioR
         seed_state(settings, embeddings)
         events = query_logs([e.product_id for e in embeddings], sizes.kill_events, seed, f"k{seed}")
         w.start()
-        stream = Stream(settings, settings.topics.query_logs, query_values(events), sizes.rate).start()
+        # the stream must outlast the kills (a restart + group join takes ~5-10 s), or the worker catches
+        # up and there is nothing left to kill it in the middle of
+        rate = min(sizes.rate, len(events) / (sizes.kills * 10.0))
+        stream = Stream(settings, settings.topics.query_logs, query_values(events), rate).start()
         group = settings.worker.query_group
         in_flight_at_kill = []
         for i in range(sizes.kills):
@@ -610,6 +613,7 @@ def scenario_worker_kill(stack: Stack, sizes: Sizes, seed: int = 1) -> ScenarioR
         acc = account(settings, events)
         fill(result, acc, len(events))
         result.checks["uncommitted_at_each_kill"] = in_flight_at_kill
+        result.checks["stream_rate_per_s"] = round(rate, 1)
         verdict(result, acc, len(events), extra_ok=w.alive())
     return result
 
