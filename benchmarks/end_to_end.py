@@ -56,14 +56,6 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "fashion-products"
 OUT = REPO / "reports" / "bench"
 P99_TARGET_MS = 50.0
-TOPIC_FIELDS = (
-    "product_upserts",
-    "query_logs",
-    "product_embeddings",
-    "relevance_scores",
-    "ab_metrics",
-    "dead_letter",
-)
 
 
 # ---------------------------------------------------------------------------------------------- kafka
@@ -188,7 +180,7 @@ def bench_settings(broker: LocalBroker, triton: LocalTriton, tag: str) -> Settin
     """Defaults from worker/config.py (and QL_* overrides), on the local services and fresh topics."""
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=6000),
-        topics=TopicSettings(**{f: f"bench{tag}.{f}" for f in TOPIC_FIELDS}),
+        topics=TopicSettings.namespaced(f"bench{tag}"),
         triton=TritonSettings(url=triton.grpc_url),
         worker=WorkerSettings(
             product_group=f"bench{tag}-product",
@@ -218,7 +210,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "QL_WORKER_BATCH_MAX_WAIT_MS": str(settings.worker.batch_max_wait_ms),
         }
     )
-    env.update({f"QL_TOPIC_{f.upper()}": getattr(settings.topics, f) for f in TOPIC_FIELDS})
+    env.update(settings.topics.name_env())
     return env
 
 

@@ -136,9 +136,7 @@ def compute_embeddings(triton: LocalTriton, data_dir: Path, count: int) -> list[
 def fresh_settings(bootstrap: str, triton_url: str, **worker: Any) -> Settings:
     """Settings with unique topic names and group ids, short group timeouts, fast Triton retries."""
     tag = uuid.uuid4().hex[:8]
-    names = ("product_upserts", "query_logs", "product_embeddings", "relevance_scores", "ab_metrics")
-    topic_names: dict[str, Any] = {n: f"r{tag}.{n}" for n in (*names, "dead_letter")}
-    topics = TopicSettings(**topic_names)
+    topics = TopicSettings.namespaced(f"r{tag}")
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000),
         topics=topics,
@@ -177,9 +175,7 @@ def worker_env(settings: Settings, name: str, metrics_port: int = 0, **extra: st
     }
     if w.image_root is not None:
         env["QL_WORKER_IMAGE_ROOT"] = str(w.image_root)
-    for attr in ("product_upserts", "query_logs", "product_embeddings", "relevance_scores", "ab_metrics"):
-        env[f"QL_TOPIC_{attr.upper()}"] = getattr(t, attr)
-    env["QL_TOPIC_DEAD_LETTER"] = t.dead_letter
+    env.update(t.name_env())
     return env | extra
 
 

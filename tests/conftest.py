@@ -49,19 +49,7 @@ def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def make_settings(broker: LocalBroker, triton: LocalTriton | None = None, **worker: object) -> Settings:
     """Settings on the test services with fresh topic names and group ids, so tests never interfere."""
     tag = uuid.uuid4().hex[:8]
-    topics = TopicSettings(
-        **{
-            name: f"t{tag}.{name}"
-            for name in (
-                "product_upserts",
-                "query_logs",
-                "product_embeddings",
-                "relevance_scores",
-                "ab_metrics",
-                "dead_letter",
-            )
-        }
-    )
+    topics = TopicSettings.namespaced(f"t{tag}")
     return Settings(
         kafka=KafkaSettings(
             bootstrap_servers=broker.bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000

@@ -7,7 +7,7 @@ production sets the same variables to its Kafka cluster and Triton, with no code
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +68,25 @@ class TopicSettings(BaseSettings):
     dead_letter: str = "querylife.dead-letter"
     partitions: int = 3
     replication_factor: int = 1
+
+    NAME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "product_upserts",
+        "query_logs",
+        "product_embeddings",
+        "relevance_scores",
+        "ab_metrics",
+        "dead_letter",
+    )
+
+    @classmethod
+    def namespaced(cls, prefix: str) -> TopicSettings:
+        """Every topic under `prefix.` (tests, benchmarks and fault runs never share topics)."""
+        names: dict[str, Any] = {name: f"{prefix}.{name}" for name in cls.NAME_FIELDS}
+        return cls(**names)
+
+    def name_env(self) -> dict[str, str]:
+        """The `QL_TOPIC_*` variables that give a worker subprocess these topic names."""
+        return {f"QL_TOPIC_{name.upper()}": getattr(self, name) for name in self.NAME_FIELDS}
 
 
 class TritonSettings(BaseSettings):
