@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 
 from querylife.checkpoint import Head, load_head
 
@@ -62,7 +63,7 @@ def per_query_metrics(
     return out
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+def auc(scores: ArrayLike, labels: ArrayLike) -> float:
     """ROC AUC via the rank-sum statistic (ties averaged)."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel().astype(bool)

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from querylife.evaluate import auc  # one ROC AUC for the model report and the judges
 from querylife.querygen import Query, generate_queries, normalise_type, pluralise
 
 __all__ = [
@@ -444,26 +445,6 @@ def labelled_pairs(
         out.append((q.text, rng.choice(neg), 0))
         taken += 1
     return out
-
-
-def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """ROC AUC by the rank-sum formula, ties counted half."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def precision_recall(scores: Sequence[float], labels: Sequence[int], threshold: float) -> tuple[float, float]:
