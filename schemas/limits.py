@@ -1,4 +1,4 @@
-"""Hard limits applied to every inbound event, in one place (documented in README)."""
+"""Hard limits in one place: inbound events (README "Input limits") and dead letters (docs/deploying.md)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,12 @@ class Limits:
 
 
 LIMITS = Limits()
+
+# Dead letters are outputs, so their size is ours to bound: a Kafka with its default
+# `message.max.bytes` (1 MiB) must accept every one, or the publish loop would retry forever.
+DEAD_LETTER_ORIGINAL_BYTES = 256 * 1024
+"""Head of an input value kept in its dead letter (base64: ~341 KiB); its size and SHA-256 are kept whole."""
+DEAD_LETTER_KEY_BYTES = 1024
+"""Head of an input key kept in its dead letter (keys are ids; a longer one is hostile)."""
+MAX_DEAD_LETTER_BYTES = 512 * 1024
+"""Bound on an encoded `DeadLetter`, whatever the input: half of Kafka's default `message.max.bytes`."""

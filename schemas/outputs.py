@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import Field, field_serializer, field_validator
 
 from schemas.base import EventTime, Identifier, StrictModel, Variant
+from schemas.limits import DEAD_LETTER_KEY_BYTES, DEAD_LETTER_ORIGINAL_BYTES, LIMITS
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# Text bounds of a dead letter; with the byte heads in schemas.limits they bound its encoded size.
+_TOPIC_CHARS = 249  # Kafka's own limit on topic names
+_REASON_CHARS = 64
+_ERROR_CLASS_CHARS = 128
+_ERROR_MESSAGE_CHARS = 2000
+_WORKER_CHARS = 64  # WorkerSettings.name
 
 
 class ScoreLabel(StrEnum):
@@ -109,20 +119,78 @@ class ABMetrics(StrictModel):
 
 
 class DeadLetter(StrictModel):
-    """An input the worker could not process, with everything needed to inspect or replay it."""
+    """An input the worker could not process, with everything needed to inspect it and find it again.
+
+    Built with `from_input`, its encoding stays under `MAX_DEAD_LETTER_BYTES` whatever the input, so
+    a broker with Kafka's default message size accepts it: `original` keeps the first
+    `DEAD_LETTER_ORIGINAL_BYTES` of the input value and `key` the first `DEAD_LETTER_KEY_BYTES` of its
+    key; `original_size` and `original_sha256` describe the whole value and the `*_truncated` flags
+    say when only a head was kept (replay such an input from its source). Those fields were added
+    within version 1 as optional, so letters written before them (always whole) still decode.
+    """
 
     schema_version: Literal[1] = 1
-    source_topic: str
+    source_topic: str = Field(max_length=_TOPIC_CHARS)
     partition: int
     offset: int
     key: bytes | None = None
+    key_truncated: bool = False
     original: bytes
-    reason: str = Field(max_length=64)
-    error_class: str
-    error_message: str = Field(max_length=2000)
-    event_id: str | None = None
+    original_size: int | None = Field(default=None, ge=0)
+    original_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    original_truncated: bool = False
+    reason: str = Field(max_length=_REASON_CHARS)
+    error_class: str = Field(max_length=_ERROR_CLASS_CHARS)
+    error_message: str = Field(max_length=_ERROR_MESSAGE_CHARS)
+    event_id: str | None = Field(default=None, max_length=LIMITS.max_id_chars)
     failed_at: EventTime
-    worker: str
+    worker: str = Field(max_length=_WORKER_CHARS)
+
+    @classmethod
+    def from_input(
+        cls,
+        *,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        error_class: str,
+        error_message: str,
+        event_id: str | None,
+        worker: str,
+        failed_at: datetime,
+    ) -> DeadLetter:
+        """The letter of one input, every part clipped to its bound (never a validation error)."""
+        original = value or b""
+        return cls(
+            source_topic=source_topic[:_TOPIC_CHARS],
+            partition=partition,
+            offset=offset,
+            key=None if key is None else key[:DEAD_LETTER_KEY_BYTES],
+            key_truncated=key is not None and len(key) > DEAD_LETTER_KEY_BYTES,
+            original=original[:DEAD_LETTER_ORIGINAL_BYTES],
+            original_size=len(original),
+            original_sha256=hashlib.sha256(original).hexdigest(),
+            original_truncated=len(original) > DEAD_LETTER_ORIGINAL_BYTES,
+            reason=reason[:_REASON_CHARS],
+            error_class=error_class[:_ERROR_CLASS_CHARS],
+            error_message=error_message[:_ERROR_MESSAGE_CHARS],
+            event_id=None if event_id is None else event_id[: LIMITS.max_id_chars],
+            failed_at=failed_at,
+            worker=worker[:_WORKER_CHARS],
+        )
+
+    def records(self, value: bytes) -> bool:
+        """Whether this letter holds `value`: whole, or its head with the whole value's size and digest."""
+        if not self.original_truncated:
+            return self.original == value
+        return (
+            value.startswith(self.original)
+            and self.original_size == len(value)
+            and self.original_sha256 == hashlib.sha256(value).hexdigest()
+        )
 
     @field_validator("key", "original", mode="before")
     @classmethod

@@ -4,8 +4,10 @@ ensemble) for the whole suite. Tests isolate themselves by topic names and group
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
+from worker.kafka_io import read_topic
 from worker.local_services import LocalBroker, LocalTriton, prepare_model_repository
+from worker.runner import Path_, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "fashion-products"
@@ -65,6 +69,40 @@ def make_settings(broker: LocalBroker, triton: LocalTriton | None = None, **work
             product_group=f"g{tag}-product", query_group=f"g{tag}-query", name=f"test-{tag}", **worker
         ),  # type: ignore[arg-type]
     )
+
+
+class RunningWorker:
+    """The real worker in a thread of this process, stoppable like SIGTERM would."""
+
+    def __init__(self, settings: Settings, paths: list[Path_] | None = None) -> None:
+        self.stop = threading.Event()
+        self.exit_code: int | None = None
+        chosen: list[Path_] = paths or ["product", "query"]
+
+        def target() -> None:
+            self.exit_code = run_worker(settings, chosen, self.stop, install_signals=False)
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def shutdown(self) -> int | None:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "worker did not drain and stop within 60 s"
+        return self.exit_code
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def latest(settings: Settings, topic: str) -> dict[bytes, bytes | None]:
+    """Compacted view of a topic: the last value per key (what a compacting broker keeps)."""
+    return {k: v for k, v in read_topic(settings, topic) if k is not None}
 
 
 @pytest.fixture(scope="session")

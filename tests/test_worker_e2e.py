@@ -4,9 +4,6 @@ are dead-lettered."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,49 +23,14 @@ from schemas import (
     encode,
 )
 from schemas.events import Impression
-from tests.conftest import make_settings
+from tests.conftest import RunningWorker, latest, make_settings, wait_until
 from worker.ab_metrics import ABAggregator, merge
-from worker.config import Settings
 from worker.demo_data import load_catalogue, product_event, query_log_events
-from worker.kafka_io import create_topics, make_producer, read_topic
+from worker.kafka_io import create_topics, make_producer
 from worker.local_services import LocalBroker, LocalTriton
-from worker.runner import run_worker
 
 N_PRODUCTS = 20
 N_QUERIES = 30
-
-
-class RunningWorker:
-    """The real worker (both paths) in a thread of this process, stoppable like SIGTERM would."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.stop = threading.Event()
-        self.exit_code: int | None = None
-
-        def target() -> None:
-            self.exit_code = run_worker(settings, ["product", "query"], self.stop, install_signals=False)
-
-        self.thread = threading.Thread(target=target, daemon=True)
-        self.thread.start()
-
-    def shutdown(self) -> int | None:
-        self.stop.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "worker did not drain and stop within 60 s"
-        return self.exit_code
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
-def latest(settings: Settings, topic: str) -> dict[bytes, bytes | None]:
-    """Compacted view of a topic: the last value per key (what a compacting broker keeps)."""
-    return {k: v for k, v in read_topic(settings, topic) if k is not None}
 
 
 @pytest.fixture(scope="module")

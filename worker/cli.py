@@ -16,7 +16,7 @@ from schemas import ABMetrics, EventError, decode_event, encode
 from worker.ab_metrics import merge
 from worker.config import Settings
 from worker.demo_data import load_catalogue, product_event, query_log_events
-from worker.kafka_io import create_topics, make_producer, read_topic
+from worker.kafka_io import MAX_INPUT_RECORD_BYTES, create_topics, make_producer, read_topic
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-products"
 
@@ -39,7 +39,7 @@ def cmd_create_topics(args: argparse.Namespace) -> int:
 def cmd_produce_catalogue(args: argparse.Namespace) -> int:
     settings = Settings()
     products = load_catalogue(args.data, args.limit)
-    producer = make_producer(settings.kafka)
+    producer = make_producer(settings.kafka, max_request_size=MAX_INPUT_RECORD_BYTES)  # inline images
     now = datetime.now(UTC)
     root = args.data / "images" if args.inline_images else None
     for product in tqdm(products, desc="product upserts", unit="ev"):

@@ -68,20 +68,23 @@ class BatchProcessor(Protocol):
 def dead_letter(
     record: ConsumerRecord, error: Exception, topic: str, worker: str, event_id: str | None = None
 ) -> Output:
-    """Wrap an input that cannot be processed; keyed by its coordinates so a replay overwrites it."""
-    reason = error.reason if isinstance(error, EventError) else type(error).__name__
-    letter = DeadLetter(
+    """Wrap an input that cannot be processed; keyed by its coordinates so a replay overwrites it.
+
+    The letter is bounded (`DeadLetter.from_input`): an input near the event size limit must not
+    become an output the broker refuses, which would stall the partition in `_publish`.
+    """
+    letter = DeadLetter.from_input(
         source_topic=record.topic,
         partition=record.partition,
         offset=record.offset,
         key=record.key,
-        original=record.value if record.value is not None else b"",
-        reason=reason[:64],
+        value=record.value,
+        reason=error.reason if isinstance(error, EventError) else type(error).__name__,
         error_class=type(error).__name__,
-        error_message=str(error)[:2000],
+        error_message=str(error),
         event_id=event_id,
-        failed_at=datetime.now(UTC),
         worker=worker,
+        failed_at=datetime.now(UTC),
     )
     DEAD_LETTERS.labels(record.topic, letter.reason).inc()
     log.warning(
@@ -92,6 +95,8 @@ def dead_letter(
         reason=letter.reason,
         error=letter.error_message[:200],
         event_id=event_id,
+        original_size=letter.original_size,
+        original_truncated=letter.original_truncated,
     )
     return Output(topic, f"{record.topic}:{record.partition}:{record.offset}".encode(), encode(letter))
 

@@ -11,17 +11,28 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
+from schemas.limits import LIMITS
 from worker.config import KafkaSettings, Settings, TopicSettings
+
+MAX_OUTPUT_RECORD_BYTES = 1024 * 1024
+"""Largest record a worker produces: Kafka's default `message.max.bytes`, so no topic needs a raised
+limit. Outputs fit: dead letters are bounded by MAX_DEAD_LETTER_BYTES, embeddings are ~100 KB at most."""
+MAX_INPUT_RECORD_BYTES = LIMITS.max_event_bytes + 64 * 1024
+"""For tools that produce inputs: an event at the size limit plus its key and record overhead."""
 
 
 def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
-    """acks=all and one request in flight: an acknowledged output is durable and per-key ordered."""
+    """acks=all and one request in flight: an acknowledged output is durable and per-key ordered.
+
+    `max_request_size` (also kafka-python's per-record cap) defaults to the output bound; input
+    producers pass MAX_INPUT_RECORD_BYTES.
+    """
     cfg: dict[str, Any] = kafka.common_config() | {
         "acks": "all",
         "linger_ms": 5,
         "retries": 10,
         "max_in_flight_requests_per_connection": 1,
-        "max_request_size": 4 * 1024 * 1024,
+        "max_request_size": MAX_OUTPUT_RECORD_BYTES,
     }
     return KafkaProducer(**(cfg | overrides))
 
