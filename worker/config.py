@@ -120,6 +120,9 @@ class WorkerSettings(BaseSettings):
     metrics_port: int = 0
     ab_window_s: int = 300
     unknown_product_wait_s: float = 2.0
+    # Cap of the backoff while a path waits at start for Triton, Kafka or its topics (topic-init may
+    # run after the workers); below /healthz's 60 s silence limit, since a waiting worker is alive.
+    startup_retry_max_s: float = Field(default=10.0, gt=0, le=30)
     name: str = Field(default="worker", max_length=64)
 
 

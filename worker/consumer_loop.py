@@ -152,6 +152,7 @@ class ConsumerLoop:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
         worker = self.settings.worker
         log.info("consumer_started", path=self.processor.path, topic=self.topic, group=self.group_id)
+        self.liveness.running(self.processor.path)
         while not stop.is_set():
             self.liveness.beat()
             polled = self.consumer.poll(

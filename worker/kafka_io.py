@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
 from schemas.limits import LIMITS
@@ -73,6 +74,27 @@ def topic_specs(topics: TopicSettings) -> list[NewTopic]:
         )
         for name, configs in names.items()
     ]
+
+
+class TopicsMissing(KafkaError):
+    """Topics a worker needs do not exist (yet): retried at start, since topic-init may run later."""
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = sorted(topics)
+        super().__init__(f"not created yet (topic-init, qlworker create-topics): {', '.join(self.topics)}")
+
+
+def require_topics(kafka: KafkaSettings, names: Iterable[str]) -> list[str]:
+    """The topics, sorted, once all exist; else `TopicsMissing` (a metadata read: never creates one)."""
+    wanted = sorted(set(names))
+    admin = KafkaAdminClient(**kafka.common_config())
+    try:
+        missing = set(wanted) - set(admin.list_topics())
+    finally:
+        admin.close()
+    if missing:
+        raise TopicsMissing(missing)
+    return wanted
 
 
 def create_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:

@@ -1,10 +1,12 @@
-"""Structured logs and Prometheus metrics, plus a `/healthz` liveness endpoint on the metrics port."""
+"""Structured logs and Prometheus metrics, plus `/healthz` (liveness) and `/readyz` (readiness) on the
+metrics port."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -58,11 +60,17 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 class Liveness:
-    """The consumer loop beats; `/healthz` fails when it has not beaten within `max_silence_s`."""
+    """Liveness and readiness of one worker process.
 
-    def __init__(self, max_silence_s: float = 60.0) -> None:
+    Alive (`/healthz`): something beat within `max_silence_s`. The consumer loops beat on every poll,
+    and so does a path still waiting at start for Triton, Kafka or its topics: waiting is not being
+    stuck, and a restart would not help. Ready (`/readyz`): every path's consumer loop is running.
+    """
+
+    def __init__(self, max_silence_s: float = 60.0, paths: Iterable[str] = ()) -> None:
         self.max_silence_s = max_silence_s
         self._last = time.monotonic()
+        self._starting = set(paths)
 
     def beat(self) -> None:
         self._last = time.monotonic()
@@ -70,15 +78,28 @@ class Liveness:
     def healthy(self) -> bool:
         return time.monotonic() - self._last < self.max_silence_s
 
+    def running(self, path: str) -> None:
+        """A path's consumer loop has started: its dependencies answered and its state is loaded."""
+        self._starting.discard(path)
+
+    def ready(self) -> bool:
+        return not self._starting
+
 
 def serve_metrics(host: str, port: int, liveness: Liveness) -> ThreadingHTTPServer:
-    """Serve `/metrics` and `/healthz` on a daemon thread; port 0 picks a free one (see `.server_port`)."""
+    """Serve `/metrics`, `/healthz` and `/readyz` on a daemon thread; port 0 picks a free one."""
+    probes = {
+        "/healthz": (liveness.healthy, b"ok\n", b"stalled\n"),
+        "/readyz": (liveness.ready, b"ready\n", b"starting\n"),
+    }
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.startswith("/healthz"):
-                ok = liveness.healthy()
-                body, status, ctype = (b"ok\n" if ok else b"stalled\n"), (200 if ok else 503), "text/plain"
+            probe = probes.get(self.path.split("?")[0])
+            if probe is not None:
+                check, yes, no = probe
+                ok = check()
+                body, status, ctype = (yes if ok else no), (200 if ok else 503), "text/plain"
             elif self.path.startswith("/metrics"):
                 body, status, ctype = generate_latest(), 200, CONTENT_TYPE_LATEST
             else:

@@ -18,7 +18,7 @@ from kafka.errors import KafkaError
 
 from worker.config import Settings
 from worker.consumer_loop import ConsumerLoop
-from worker.kafka_io import make_consumer, make_producer
+from worker.kafka_io import TopicsMissing, make_consumer, make_producer, require_topics
 from worker.observability import Liveness, configure_logging, serve_metrics
 from worker.product_path import ProductProcessor
 from worker.query_path import EmbeddingState, QueryProcessor
@@ -30,20 +30,36 @@ Path_ = Literal["product", "query"]
 
 
 def retry_until(
-    what: str, make: Callable[[], T], stop: threading.Event, max_delay_s: float = 10.0
+    what: str,
+    make: Callable[[], T],
+    stop: threading.Event,
+    max_delay_s: float = 10.0,
+    liveness: Liveness | None = None,
 ) -> T | None:
-    """Retry `make` with capped exponential backoff until it works or `stop` is set (no crash loop)."""
-    delay = 0.5
+    """Retry `make` with capped exponential backoff until it works or `stop` is set (no crash loop).
+
+    Returns what `make` returned, or None once stopped (so `make` must not return None itself).
+
+    Each failure is a `dependency_unavailable` warning (with `topics` when topics are missing); the
+    wait beats `liveness`: a worker waiting for a dependency is alive, only not ready.
+    """
+    delay = min(0.5, max_delay_s)
     while not stop.is_set():
+        if liveness is not None:
+            liveness.beat()
         try:
             return make()
         except (KafkaError, TritonUnavailable, TimeoutError, OSError) as exc:
+            detail = {"topics": exc.topics} if isinstance(exc, TopicsMissing) else {}
             log.warning(
                 "dependency_unavailable",
                 what=what,
                 error=f"{type(exc).__name__}: {exc}"[:200],
                 retry_in_s=delay,
+                **detail,
             )
+            if liveness is not None:
+                liveness.beat()
             stop.wait(delay)
             delay = min(delay * 2, max_delay_s)
     return None
@@ -52,7 +68,12 @@ def retry_until(
 def build_loop(
     path: Path_, settings: Settings, stop: threading.Event, liveness: Liveness
 ) -> ConsumerLoop | None:
+    """Reach every dependency of a path (waiting as long as it takes, or until `stop`), then its loop."""
     client = RelevanceClient(settings.triton)
+    topics = settings.topics
+
+    def retry(what: str, make: Callable[[], T]) -> T | None:
+        return retry_until(what, make, stop, settings.worker.startup_retry_max_s, liveness)
 
     def ready_client() -> RelevanceClient:
         if not client.is_ready():
@@ -60,27 +81,35 @@ def build_loop(
         client.model_version()
         return client
 
-    if retry_until("triton", ready_client, stop) is None:
+    if retry("triton", ready_client) is None:
         return None
-    producer = retry_until("kafka producer", lambda: make_producer(settings.kafka), stop)
+    producer = retry("kafka producer", lambda: make_producer(settings.kafka))
     if producer is None:
         return None
     if path == "product":
-        group, topic = settings.worker.product_group, settings.topics.product_upserts
-        processor: ProductProcessor | QueryProcessor = ProductProcessor(settings, client)
+        group, topic, only_here = settings.worker.product_group, topics.product_upserts, []
     else:
-        group, topic = settings.worker.query_group, settings.topics.query_logs
+        group, topic = settings.worker.query_group, topics.query_logs
+        only_here = [topics.relevance_scores, topics.ab_metrics]
+    # Topics are never auto-created (compose disables it): a path waits until topic-init made all it uses.
+    needed = {topic, topics.product_embeddings, topics.dead_letter, *only_here}
+    if retry("topics", lambda: require_topics(settings.kafka, needed)) is None:
+        return None
+    processor: ProductProcessor | QueryProcessor
+    if path == "product":
+        processor = ProductProcessor(settings, client)
+    else:
 
         def loaded_state() -> EmbeddingState:
             state = EmbeddingState(settings)
             state.load()
             return state
 
-        state = retry_until("embedding state", loaded_state, stop)
+        state = retry("embedding state", loaded_state)
         if state is None:
             return None
         processor = QueryProcessor(settings, client, state)
-    consumer = retry_until(f"kafka consumer ({group})", lambda: make_consumer(settings.kafka, group), stop)
+    consumer = retry(f"kafka consumer ({group})", lambda: make_consumer(settings.kafka, group))
     if consumer is None:
         return None
     return ConsumerLoop(settings, topic, group, processor, consumer, producer, liveness)
@@ -106,7 +135,7 @@ def run_worker(
     """Run the given paths until stopped; returns a process exit code."""
     configure_logging()
     stop = stop or threading.Event()
-    liveness = Liveness()
+    liveness = Liveness(paths=paths)
     server = serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, liveness)
     log.info(
         "worker_starting",

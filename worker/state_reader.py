@@ -14,20 +14,22 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from worker.config import KafkaSettings
-from worker.kafka_io import make_consumer
+from worker.kafka_io import TopicsMissing, make_consumer
 
 
 class TopicReader:
     """A group-less consumer assigned to every partition of one topic."""
 
-    def __init__(self, kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, timeout_s: float = 10.0) -> None:
+        """Assign every partition; `timeout_s` only absorbs metadata lag: the runner waited for the topic."""
         self.topic = topic
         self.consumer: KafkaConsumer = make_consumer(kafka, None, max_poll_records=2000)
         deadline = time.monotonic() + timeout_s
         partitions = self.consumer.partitions_for_topic(topic)
         while not partitions:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {topic!r} does not exist; run `qlworker create-topics` first")
+                self.consumer.close(autocommit=False)
+                raise TopicsMissing([topic])  # a KafkaError: retried by the caller, not a crash
             time.sleep(0.2)
             partitions = self.consumer.partitions_for_topic(topic)
         self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
