@@ -153,15 +153,31 @@ class ConsumerLoop:
         worker = self.settings.worker
         log.info("consumer_started", path=self.processor.path, topic=self.topic, group=self.group_id)
         self.liveness.running(self.processor.path)
+        outage_delay = 0.5
         while not stop.is_set():
             self.liveness.beat()
-            polled = self.consumer.poll(
-                timeout_ms=worker.batch_max_wait_ms, max_records=worker.batch_max_events
-            )
-            records = [rec for tp in sorted(polled, key=lambda t: t.partition) for rec in polled[tp]]
-            self._report_lag()
+            try:
+                polled = self.consumer.poll(
+                    timeout_ms=worker.batch_max_wait_ms, max_records=worker.batch_max_events
+                )
+                records = [rec for tp in sorted(polled, key=lambda t: t.partition) for rec in polled[tp]]
+                self._report_lag()
+                if not records:
+                    self.processor.idle()
+            except KafkaError as exc:
+                # the broker went away mid-stream: nothing was consumed, so nothing is at risk; wait
+                # and poll again (the client reconnects; the group resumes from committed offsets)
+                log.warning(
+                    "broker_unavailable",
+                    path=self.processor.path,
+                    error=f"{type(exc).__name__}: {exc}"[:200],
+                    retry_in_s=outage_delay,
+                )
+                stop.wait(outage_delay)
+                outage_delay = min(outage_delay * 2, 10.0)
+                continue
+            outage_delay = 0.5
             if not records:
-                self.processor.idle()
                 continue
             EVENTS_IN.labels(self.topic).inc(len(records))
             BATCH_SIZE.labels(self.processor.path).observe(len(records))
@@ -190,7 +206,10 @@ class ConsumerLoop:
         deadline = time.monotonic() + delay_s
         while (left := deadline - time.monotonic()) > 0:
             self.liveness.beat()
-            self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
+            try:
+                self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
+            except KafkaError:  # the broker is away too: just wait out the delay
+                time.sleep(min(left, 0.5))
         still = [tp for tp in assigned if tp in self.consumer.assignment()]
         if still:
             self.consumer.resume(*still)
@@ -204,18 +223,21 @@ class ConsumerLoop:
         while True:
             try:
                 return self.processor.process(records)
-            except TritonUnavailable as exc:
-                TRITON_RETRIES.inc()
+            except (TritonUnavailable, KafkaError) as exc:
+                # Triton down, or the broker down while the query path follows its state topic
+                unavailable = "triton" if isinstance(exc, TritonUnavailable) else "broker"
+                if unavailable == "triton":
+                    TRITON_RETRIES.inc()
                 if stop.is_set() and time.monotonic() - started > self.drain_timeout_s:
                     log.warning(
                         "drain_abandoned",
                         path=self.processor.path,
-                        reason="triton unavailable",
+                        reason=f"{unavailable} unavailable",
                         records=len(records),
                     )
                     return None
                 log.warning(
-                    "triton_unavailable",
+                    f"{unavailable}_unavailable",
                     path=self.processor.path,
                     retry_in_s=round(delay, 2),
                     error=str(exc)[:200],
@@ -278,6 +300,11 @@ class ConsumerLoop:
         except CommitFailedError as exc:
             # The group rebalanced: the new owner replays from the last commit; our outputs are idempotent.
             log.warning("commit_failed_rebalanced", path=self.processor.path, error=str(exc)[:200])
+            return
+        except KafkaError as exc:
+            # The broker is away: the outputs are acknowledged, the next commit (cumulative) covers
+            # these offsets; a crash before it replays them into identical, same-key outputs.
+            log.warning("commit_failed", path=self.processor.path, error=f"{type(exc).__name__}: {exc}"[:200])
             return
         if self.on_committed:
             self.on_committed(len(records))
