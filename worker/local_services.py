@@ -158,11 +158,66 @@ def tansu_binary() -> Path:
 
 
 @dataclass
+class LocalObjectStore:
+    """A local S3-compatible server (moto) that holds a Tansu broker's data in its own process.
+
+    Tansu's `memory://` storage dies with the broker; fault tests that kill the broker and restart it
+    need the log and the committed offsets to outlive it, as a real Kafka's disk does. The server
+    listens on 127.0.0.1 only, accepts the dummy credentials in `broker_env`, and keeps its objects in
+    memory until it stops (so its own lifetime is the "disk's")."""
+
+    port: int = 0
+    bucket: str = "tansu"
+    log_dir: Path | None = None
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage_engine(self) -> str:
+        return f"s3://{self.bucket}/"
+
+    def broker_env(self) -> dict[str, str]:
+        """What Tansu's S3 client reads: endpoint, plain HTTP on loopback, throwaway credentials."""
+        return {
+            "AWS_ENDPOINT": self.url,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+        }
+
+    def start(self, timeout_s: float = 60.0) -> LocalObjectStore:
+        self.port = self.port or free_port()
+        log_dir = self.log_dir or _default_log_dir()
+        self.process = ManagedProcess(
+            "s3 (moto)",
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            log_dir / "s3.log",
+        )
+        self.process.start()
+        self.process.wait_ready(lambda: _port_open(self.port), timeout_s)
+        request = urllib.request.Request(f"{self.url}/{self.bucket}", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as response:  # create the bucket
+            if response.status != 200:
+                raise ServiceError(f"could not create bucket {self.bucket}: HTTP {response.status}")
+        return self
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+
+@dataclass
 class LocalBroker:
-    """Tansu, a single-binary Kafka-protocol broker with in-memory storage."""
+    """Tansu, a single-binary Kafka-protocol broker: in-memory storage, or durable in `store`."""
 
     port: int = 0
     log_dir: Path | None = None
+    store: LocalObjectStore | None = None
     process: ManagedProcess | None = None
 
     @property
@@ -173,6 +228,8 @@ class LocalBroker:
         self.port = self.port or free_port()
         log_dir = self.log_dir or _default_log_dir()
         url = f"tcp://127.0.0.1:{self.port}"
+        storage = self.store.storage_engine if self.store else "memory://tansu/"
+        env = os.environ | self.store.broker_env() if self.store else None
         self.process = ManagedProcess(
             "tansu",
             [
@@ -183,9 +240,10 @@ class LocalBroker:
                 "--advertised-listener-url",
                 url,
                 "--storage-engine",
-                "memory://tansu/",
+                storage,
             ],
             log_dir / "tansu.log",
+            env=env,
         )
         self.process.start()
         self.process.wait_ready(lambda: _port_open(self.port), timeout_s)
