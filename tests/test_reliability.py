@@ -1,10 +1,10 @@
 """Reliability and hostile input, on the real broker and the real Triton (the session fixtures).
 
 The fast subset (CI) runs the corpus checks offline, the whole hostile corpus through a worker, three
-kill -9 of a worker mid-stream, a consumer group losing a member, and a secrets-in-logs check. The
-full run (`python -m reliability`, or this file with QL_RELIABILITY_FULL=1 / `-m slow`) adds Triton
-and broker faults at larger sizes. See docs/reliability.md.
-"""
+kill -9 of a worker mid-stream, a consumer group losing a member, a kill -9 and restart of a durable
+broker, and a secrets-in-logs check. The full run (`python -m reliability`, or this file with
+QL_RELIABILITY_FULL=1 / `-m slow`) runs every fault scenario at larger sizes, Triton's kill included.
+See docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ from reliability.faults import (
     Stack,
     WorkerProcess,
     fresh_settings,
+    scenario_broker_restart,
     scenario_group_member_kill,
     scenario_worker_kill,
 )
 from reliability.hostile import ANY, QUERY, HostileSizes, corpus, prepare_image_root, scenario_hostile
 from schemas import EventError, ProductUpsert, QueryLog, decode_event
+from worker.config import KafkaSettings
 from worker.images import resolve_image
 from worker.local_services import LocalBroker, LocalTriton
 
@@ -101,17 +103,23 @@ def test_hostile_corpus_is_dead_lettered_worker_stays_healthy(stack: Stack) -> N
     )
 
 
-@pytest.mark.slow
-def test_worker_kill9_mid_stream_loses_nothing(request: pytest.FixtureRequest, stack: Stack) -> None:
-    """Held out of the CI subset until it has a longer clean record: it once timed out because the
-    test's stream ended before the 3rd kill (fixed in the scenario; passed twice since, ~60 s)."""
-    if not _full_requested(request.config):
-        pytest.skip("held out of the CI subset; run with QL_RELIABILITY_FULL=1 or -m slow")
+def test_worker_kill9_mid_stream_loses_nothing(stack: Stack) -> None:
     sizes = Sizes(kill_events=500, kills=3, triton_events=0, group_events=0, broker_events=0, rate=150)
     result = scenario_worker_kill(stack, sizes)
     assert result.passed, _explain(result)
     assert result.restarts_survived == 3
     assert result.lost == 0 and result.duplicated == result.duplicated_identical
+
+
+def test_broker_killed_and_restarted_loses_nothing(stack: Stack) -> None:
+    """kill -9 the (durable) broker mid-stream: the same worker process waits, resumes, loses nothing."""
+    sizes = Sizes(kill_events=0, kills=0, triton_events=0, group_events=0, broker_events=200, rate=150)
+    result = scenario_broker_restart(stack, sizes)
+    assert result.passed, _explain(result)
+    assert result.lost == 0 and result.events_sent == 200
+    assert result.checks["process_starts"] == 1
+    assert result.checks["alive_while_down"] is True
+    assert result.checks["committed_before_kill"] >= 50
 
 
 def test_group_member_killed_survivor_takes_over(stack: Stack) -> None:
@@ -124,7 +132,12 @@ def test_kafka_password_never_logged(broker: LocalBroker, triton: LocalTriton, t
     """SASL settings pass through to kafka-python, and the password value appears in no log line."""
     secret = "s3cr3t-" + os.urandom(6).hex()
     settings = fresh_settings(broker.bootstrap, triton.grpc_url)
-    assert secret not in repr(settings) and secret not in str(settings.model_dump())
+    kafka = KafkaSettings(
+        security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_plain_password=secret
+    )
+    assert secret not in repr(kafka) and secret not in str(kafka.model_dump())
+    assert secret not in kafka.model_dump_json()
+    assert kafka.common_config()["sasl_plain_password"] == secret  # only the client gets the value
     env = {
         "QL_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "QL_KAFKA_SASL_MECHANISM": "PLAIN",
