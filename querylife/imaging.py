@@ -37,7 +37,8 @@ def decode_image(
 
     The header is parsed first (``Image.open`` is lazy) so the pixel count and format are checked
     before any pixel data is decoded; a file whose header claims more than ``max_pixels`` is refused
-    as ``decompression_bomb`` without allocating it.
+    as ``decompression_bomb`` without allocating it. Only the decoders of ``allowed_formats`` ever
+    see the bytes: any other format is ``unsupported_image_format`` without being parsed.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ImageError("image_decode_error", f"expected bytes, got {type(data).__name__}")
@@ -45,11 +46,11 @@ def decode_image(
         raise ImageError("image_decode_error", "empty image payload")
     if len(data) > max_bytes:
         raise ImageError("image_too_large", f"{len(data)} bytes > limit {max_bytes}")
-    allowed = {f.upper() for f in allowed_formats}
+    allowed = sorted({f.upper() for f in allowed_formats})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(bytes(data)), formats=None)
+            img = Image.open(io.BytesIO(bytes(data)), formats=allowed)
             fmt = (img.format or "").upper()
             if fmt not in allowed:
                 raise ImageError(
@@ -71,7 +72,7 @@ def decode_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("decompression_bomb", str(exc)) from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageError("unsupported_image_format", "not a recognised image") from exc
+        raise ImageError("unsupported_image_format", f"not a {'/'.join(allowed)} image") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError("image_decode_error", f"{type(exc).__name__}: {exc}") from exc
     return rgb

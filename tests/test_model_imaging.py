@@ -1,4 +1,5 @@
 import io
+import struct
 
 import pytest
 import torch
@@ -34,6 +35,22 @@ def test_refuses_gif_bmp_and_garbage() -> None:
     assert _reason(_encode(img, "BMP")) == "unsupported_image_format"
     assert _reason(b"this is not an image at all") == "unsupported_image_format"
     assert _reason(b"") == "image_decode_error"
+
+
+def test_disallowed_formats_are_refused_before_their_decoder_parses_them() -> None:
+    tiny = Image.new("RGB", (2, 2), (9, 9, 9))
+    for fmt in ("BMP", "TIFF"):
+        with pytest.raises(ImageError) as exc:
+            decode_image(_encode(tiny, fmt))
+        assert exc.value.reason == "unsupported_image_format"
+        assert exc.value.message == "not a JPEG/PNG/WEBP image"
+    # A valid BMP whose header claims 20000 x 20000 pixels. Had Pillow's BMP plugin parsed it, Pillow's
+    # own bomb check would refuse it first (decompression_bomb): only the allowed decoders may look.
+    bmp = bytearray(_encode(tiny, "BMP"))
+    struct.pack_into("<ii", bmp, 18, 20_000, 20_000)  # BITMAPINFOHEADER width, height
+    assert _reason(bytes(bmp)) == "unsupported_image_format"
+    # the allow-list is the caller's: a PNG is refused where only JPEG is allowed
+    assert _reason(_encode(tiny, "PNG"), allowed_formats=("JPEG",)) == "unsupported_image_format"
 
 
 def test_truncated_jpeg_is_a_decode_error() -> None:
