@@ -85,7 +85,7 @@ def _load_pixels(
     for p in products:
         path = data_dir / "images" / str(p.get("image_path") or f"{p['product_id']}.jpg")
         try:
-            images.append(decode_image(path.read_bytes()))
+            images.append(decode_image(path.read_bytes(), image_size=image_size))
             ok.append(True)
         except (OSError, ImageError):
             ok.append(False)

@@ -1,7 +1,8 @@
 """Safe image decoding and preprocessing (Pillow + torch; no torchvision transforms).
 
 The Triton image encoder uses exactly these functions, so training, evaluation and serving see
-identical pixels.
+identical pixels. Model paths decode with ``image_size`` (or through `decode_batch`): each image is
+reduced to the model input right after decoding, so a batch never holds full-size images.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ def decode_image(
     max_bytes: int = LIMITS.max_image_bytes,
     max_pixels: int = LIMITS.max_image_pixels,
     allowed_formats: Sequence[str] = LIMITS.allowed_image_formats,
+    image_size: int | None = None,
 ) -> Image.Image:
     """Decode ``data`` into an RGB image, enforcing size, pixel-count and format limits.
 
@@ -39,6 +42,13 @@ def decode_image(
     before any pixel data is decoded; a file whose header claims more than ``max_pixels`` is refused
     as ``decompression_bomb`` without allocating it. Only the decoders of ``allowed_formats`` ever
     see the bytes: any other format is ``unsupported_image_format`` without being parsed.
+
+    With ``image_size`` the result is the model input, ``resize_center_crop(image, image_size)``,
+    made right after decoding so the full-size pixels never outlive this call. A JPEG whose sides are
+    both at least ``4 * image_size`` is moreover decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``,
+    never below ``2 * image_size`` a side), so it is never decoded at full size; every other image
+    gives exactly the pixels of ``resize_center_crop(decode_image(data), image_size)``. Why: a 1 MiB
+    file may decode to 16.7 Mpx (64 MiB in Pillow), and a batch of full-size images to gigabytes.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ImageError("image_decode_error", f"expected bytes, got {type(data).__name__}")
@@ -65,8 +75,13 @@ def decode_image(
                 )
             if getattr(img, "n_frames", 1) > 1 and fmt != "WEBP":
                 raise ImageError("unsupported_image_format", "multi-frame images are not accepted")
+            if image_size is not None and fmt == "JPEG":
+                img.draft(None, (2 * image_size, 2 * image_size))  # DCT scaling: 1/2, 1/4 or 1/8
             img.load()  # full decode: raises on truncated / corrupt data
-            rgb = img.convert("RGB")
+            if image_size is None:
+                rgb = img.convert("RGB")
+            else:  # no full-size RGB copy when it is RGB already: resize and crop make new images
+                rgb = resize_center_crop(img if img.mode == "RGB" else img.convert("RGB"), image_size)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -102,3 +117,47 @@ def preprocess(images: Sequence[Image.Image], image_size: int = DEFAULT_IMAGE_SI
     arr = np.stack([np.asarray(resize_center_crop(im, image_size), dtype=np.uint8) for im in images])
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
     return (x - _MEAN) / _STD
+
+
+@dataclass
+class DecodedBatch:
+    """Model input of the payloads that decoded, and why the others did not."""
+
+    pixels: torch.Tensor  # [len(rows), 3, S, S]
+    rows: list[int] = field(default_factory=list)  # payload index of each pixel row
+    errors: dict[int, ImageError] = field(default_factory=dict)  # payload index -> why it failed
+
+
+def decode_batch(
+    payloads: Sequence[bytes],
+    image_size: int,
+    max_bytes: int = LIMITS.max_image_bytes,
+    max_pixels: int = LIMITS.max_image_pixels,
+    allowed_formats: Sequence[str] = LIMITS.allowed_image_formats,
+) -> DecodedBatch:
+    """Decode and preprocess a batch of encoded images (the Triton image encoder's input side).
+
+    An empty payload is "no image" (neither a row nor an error); a bad one fails alone. Each image is
+    reduced to ``image_size`` as it is decoded (`decode_image`), so the batch holds only model-size
+    images whatever the payloads' dimensions.
+    """
+    images: list[Image.Image] = []
+    batch = DecodedBatch(pixels=torch.empty(0))
+    for i, data in enumerate(payloads):
+        if not data:
+            continue
+        try:
+            images.append(
+                decode_image(
+                    data,
+                    max_bytes=max_bytes,
+                    max_pixels=max_pixels,
+                    allowed_formats=allowed_formats,
+                    image_size=image_size,
+                )
+            )
+            batch.rows.append(i)
+        except ImageError as exc:
+            batch.errors[i] = exc
+    batch.pixels = preprocess(images, image_size)
+    return batch

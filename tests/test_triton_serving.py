@@ -74,7 +74,10 @@ def in_process(model: QueryLifeModel, products: list[Product]) -> np.ndarray:
     title[titled] = model.encode_texts([str(products[i].title) for i in titled])
     image = torch.zeros(n, model.embed_dim)
     pictured = [i for i, p in enumerate(products) if p.image is not None]
-    pixels = preprocess([decode_image(bytes(products[i].image or b"")) for i in pictured], model.image_size)
+    pixels = preprocess(
+        [decode_image(bytes(products[i].image or b""), image_size=model.image_size) for i in pictured],
+        model.image_size,
+    )
     image[pictured] = model.encode_images(pixels)
     fused = model.fuse(title, image, [p.product_type for p in products], has_title, has_image)
     return fused.numpy()
@@ -196,6 +199,28 @@ def test_bad_items_fail_alone(
     assert all(results[i].embedding is None for i in (1, 3, 4, 5))
     got = np.stack([results[i].embedding for i in (0, 2, 6)])  # type: ignore[misc]
     np.testing.assert_allclose(got, in_process(model, good), atol=ATOL)
+
+
+def test_large_images_are_reduced_as_in_process(
+    client: RelevanceClient, model: QueryLifeModel, products: list[Product]
+) -> None:
+    """Images far above the model size (a 4096 x 4096 PNG, a 2048 x 2048 JPEG, each < 1 MiB) embed as the
+    in-process path does: reduced to the model input right after decoding (JPEG at a DCT scale)."""
+    photo = Image.open(io.BytesIO(bytes(products[0].image or b""))).convert("RGB")
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    photo.resize((2048, 2048), Image.Resampling.BICUBIC).save(jpeg, format="JPEG", quality=85)
+    Image.new("RGB", (4096, 4096), (180, 40, 90)).save(png, format="PNG")
+    big = [
+        Product(products[0].title, products[0].product_type, jpeg.getvalue()),
+        Product(products[3].title, products[3].product_type, png.getvalue()),
+    ]
+    assert all(len(p.image or b"") < 1 << 20 for p in big)
+    results = client.product_embeddings(
+        [p.title for p in big], [p.product_type for p in big], [p.image for p in big]
+    )
+    assert [r.error for r in results] == [None, None]
+    got = np.stack([r.embedding for r in results if r.embedding is not None])
+    np.testing.assert_allclose(got, in_process(model, big), atol=ATOL)
 
 
 def test_wrong_shape_is_a_request_error_not_retried(triton: LocalTriton) -> None:

@@ -174,7 +174,10 @@ def product_embeddings_in_process(model: Any, data_dir: Path, products: list[dic
 
     titles = model.encode_texts([p["title"] for p in products])
     pixels = preprocess(
-        [decode_image((data_dir / "images" / p["image_path"]).read_bytes()) for p in products],
+        [
+            decode_image((data_dir / "images" / p["image_path"]).read_bytes(), image_size=model.image_size)
+            for p in products
+        ],
         model.image_size,
     )
     images = model.encode_images(pixels)

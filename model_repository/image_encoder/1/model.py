@@ -1,9 +1,11 @@
 """Triton python backend: encoded image bytes -> L2-normalised image embeddings.
 
 IMAGE [B,1] BYTES (empty = no image) -> EMBEDDING [B,D] FP32, HAS_IMAGE [B,1] BOOL, ERROR [B,1] BYTES.
-Decoding, limits, resize and normalisation are `querylife.imaging` with `schemas.limits.LIMITS`, the
-same code training uses. A bad image fails only its own row: zeros, HAS_IMAGE false and
-ERROR "reason: message"; an empty payload is simply "no image" (ERROR empty).
+Decoding, limits, resize and normalisation are `querylife.imaging.decode_batch` with
+`schemas.limits.LIMITS`, the same code training uses; each image is reduced to the model input size
+right after decoding, so a batch never holds full-size images (a 1 MiB PNG can decode to 16.7 Mpx).
+A bad image fails only its own row: zeros, HAS_IMAGE false and ERROR "reason: message"; an empty
+payload is simply "no image" (ERROR empty).
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from PIL import Image
 
-from querylife.imaging import ImageError, decode_image, preprocess
+from querylife.imaging import decode_batch
 from querylife.serving import concat_input, load_model_for_triton, request_sizes, split_responses
 from schemas.limits import LIMITS
 
@@ -29,26 +30,17 @@ class TritonPythonModel:
         n = len(payloads)
         errors = np.full((n, 1), b"", dtype=np.object_)
         has_image = np.zeros((n, 1), dtype=np.bool_)
-        images: list[Image.Image] = []
-        rows: list[int] = []
-        for i, data in enumerate(payloads):
-            if not data:
-                continue
-            try:
-                images.append(
-                    decode_image(
-                        data,
-                        max_bytes=LIMITS.max_image_bytes,
-                        max_pixels=LIMITS.max_image_pixels,
-                        allowed_formats=LIMITS.allowed_image_formats,
-                    )
-                )
-                rows.append(i)
-            except ImageError as exc:
-                errors[i, 0] = f"{exc.reason}: {exc.message}"[:500].encode("utf-8")
+        batch = decode_batch(
+            payloads,
+            self.model.image_size,
+            max_bytes=LIMITS.max_image_bytes,
+            max_pixels=LIMITS.max_image_pixels,
+            allowed_formats=LIMITS.allowed_image_formats,
+        )
+        for i, exc in batch.errors.items():
+            errors[i, 0] = f"{exc.reason}: {exc.message}"[:500].encode("utf-8")
         emb = np.zeros((n, self.model.embed_dim), dtype=np.float32)
-        if images:
-            pixels = preprocess(images, self.model.image_size)
-            emb[rows] = self.model.encode_images(pixels).float().cpu().numpy()
-            has_image[rows, 0] = True
+        if batch.rows:
+            emb[batch.rows] = self.model.encode_images(batch.pixels).float().cpu().numpy()
+            has_image[batch.rows, 0] = True
         return split_responses(sizes, {"EMBEDDING": emb, "HAS_IMAGE": has_image, "ERROR": errors}, pb_utils)
