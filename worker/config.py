@@ -21,7 +21,8 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:19092"
     client_id: str = "querylife-worker"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    # OAUTHBEARER is not offered: kafka-python needs a token provider object, which no setting can give.
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
     ssl_cafile: Path | None = None
