@@ -368,9 +368,15 @@ class Stream:
     """Produces events at a steady rate on a background thread (acks=all), so faults hit a live flow."""
 
     def __init__(
-        self, settings: Settings, topic: str, values: list[tuple[bytes | None, bytes]], rate_per_s: float
+        self,
+        settings: Settings,
+        topic: str,
+        values: list[tuple[bytes | None, bytes]],
+        rate_per_s: float,
+        linger_ms: int = 20,
     ) -> None:
         self.settings = settings
+        self.linger_ms = linger_ms
         self.topic = topic
         self.values = values
         self.rate = rate_per_s
@@ -384,7 +390,7 @@ class Stream:
         return self
 
     def _run(self) -> None:
-        producer: KafkaProducer = make_producer(self.settings.kafka, linger_ms=20)
+        producer: KafkaProducer = make_producer(self.settings.kafka, linger_ms=self.linger_ms)
         failed: list[int] = []
         try:
             started = time.monotonic()
@@ -580,15 +586,31 @@ class Sizes:
     group_events: int
     broker_events: int
     rate: float
+    # the broker-restart scenario runs on Tansu's s3 engine, whose fetches slow down as objects pile up
+    restart_events: int = 0
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(kill_events=800, kills=3, triton_events=400, group_events=400, broker_events=200, rate=150)
+        return cls(
+            kill_events=800,
+            kills=3,
+            triton_events=400,
+            group_events=400,
+            broker_events=200,
+            rate=150,
+            restart_events=200,
+        )
 
     @classmethod
     def full(cls) -> Sizes:
         return cls(
-            kill_events=4000, kills=4, triton_events=1500, group_events=1500, broker_events=600, rate=200
+            kill_events=4000,
+            kills=4,
+            triton_events=1500,
+            group_events=1500,
+            broker_events=600,
+            rate=200,
+            restart_events=400,
         )
 
 
@@ -802,12 +824,13 @@ def scenario_broker_restart(stack: Stack, sizes: Sizes, seed: int = 5) -> Scenar
     with timed(result, lambda: [w]):
         embeddings = stack.embeddings()
         seed_state(settings, embeddings)
-        events = query_logs([e.product_id for e in embeddings], sizes.broker_events, seed, f"x{seed}")
+        events = query_logs([e.product_id for e in embeddings], sizes.restart_events, seed, f"x{seed}")
         w.start()
         group, topic = settings.worker.query_group, settings.topics.query_logs
-        # slow enough that the stream is still flowing when the broker comes back
+        # slow enough that the stream is still flowing when the broker comes back; larger batches,
+        # because Tansu's s3 engine stores one object per batch and lists them on every fetch
         rate = min(sizes.rate, len(events) / 30.0)
-        stream = Stream(settings, topic, query_values(events), rate).start()
+        stream = Stream(settings, topic, query_values(events), rate, linger_ms=250).start()
         wait_until("progress before the kill", lambda: _progress(settings, group) >= len(events) // 4, 180)
         committed_before = _progress(settings, group)
         assert broker.process is not None

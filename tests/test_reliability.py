@@ -113,7 +113,9 @@ def test_worker_kill9_mid_stream_loses_nothing(stack: Stack) -> None:
 
 def test_broker_killed_and_restarted_loses_nothing(stack: Stack) -> None:
     """kill -9 the (durable) broker mid-stream: the same worker process waits, resumes, loses nothing."""
-    sizes = Sizes(kill_events=0, kills=0, triton_events=0, group_events=0, broker_events=200, rate=150)
+    sizes = Sizes(
+        kill_events=0, kills=0, triton_events=0, group_events=0, broker_events=0, rate=150, restart_events=200
+    )
     result = scenario_broker_restart(stack, sizes)
     assert result.passed, _explain(result)
     assert result.lost == 0 and result.events_sent == 200
