@@ -108,6 +108,7 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Any) -> None:
         parts = set(revoked)
         self.loop.revoked |= parts
+        self.loop.deferred -= parts
         self.loop.processor.on_revoked(parts)
         log.info(
             "partitions_revoked", path=self.loop.processor.path, partitions=sorted(str(p) for p in parts)
@@ -116,7 +117,11 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: Any) -> None:
         parts = set(assigned)
         self.loop.revoked -= parts
-        self.loop.processor.on_assigned(parts)
+        try:
+            self.loop.processor.on_assigned(parts)
+        except Exception as exc:  # e.g. the broker went away while the A/B partials were read back
+            self.loop.defer_assignment(parts, exc)
+            return
         log.info(
             "partitions_assigned", path=self.loop.processor.path, partitions=sorted(str(p) for p in parts)
         )
@@ -145,6 +150,10 @@ class ConsumerLoop:
         self.liveness = liveness
         self.on_committed = on_committed
         self.revoked: set[TopicPartition] = set()
+        # assigned, but the processor could not take them over yet (state restore failed): paused
+        self.deferred: set[TopicPartition] = set()
+        self._deferred_retry_at = 0.0
+        self._deferred_delay = 0.5
         self.drain_timeout_s = 30.0
 
     # ------------------------------------------------------------------ main loop
@@ -156,6 +165,8 @@ class ConsumerLoop:
         outage_delay = 0.5
         while not stop.is_set():
             self.liveness.beat()
+            if self.deferred:
+                self._retry_deferred()
             try:
                 polled = self.consumer.poll(
                     timeout_ms=worker.batch_max_wait_ms, max_records=worker.batch_max_events
@@ -210,9 +221,41 @@ class ConsumerLoop:
                 self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
             except KafkaError:  # the broker is away too: just wait out the delay
                 time.sleep(min(left, 0.5))
-        still = [tp for tp in assigned if tp in self.consumer.assignment()]
+        still = [tp for tp in assigned if tp in self.consumer.assignment() and tp not in self.deferred]
         if still:
             self.consumer.resume(*still)
+
+    def defer_assignment(self, partitions: set[TopicPartition], exc: BaseException) -> None:
+        """Hold new partitions paused until the processor has taken them over: consuming them with
+        their state missing (e.g. A/B partials not restored) would write wrong aggregates."""
+        self.deferred |= partitions
+        with contextlib.suppress(Exception):
+            self.consumer.pause(*partitions)
+        self._deferred_retry_at = time.monotonic() + self._deferred_delay
+        log.warning(
+            "assignment_deferred",
+            path=self.processor.path,
+            partitions=sorted(str(p) for p in partitions),
+            error=f"{type(exc).__name__}: {exc}"[:200],
+            retry_in_s=self._deferred_delay,
+        )
+
+    def _retry_deferred(self) -> None:
+        if time.monotonic() < self._deferred_retry_at:
+            return
+        parts = {tp for tp in self.deferred if tp in self.consumer.assignment()}
+        self.deferred = set()
+        if not parts:
+            return
+        try:
+            self.processor.on_assigned(parts)
+        except Exception as exc:
+            self._deferred_delay = min(self._deferred_delay * 2, 10.0)
+            self.defer_assignment(parts, exc)
+            return
+        self._deferred_delay = 0.5
+        self.consumer.resume(*parts)
+        log.info("partitions_assigned", path=self.processor.path, partitions=sorted(str(p) for p in parts))
 
     def _process_with_backoff(
         self, records: list[ConsumerRecord], stop: threading.Event

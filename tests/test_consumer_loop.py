@@ -1,0 +1,102 @@
+"""The batch loop's own guarantees on the real broker, with a small processor of this test's own.
+
+The processor here stands in for the product/query paths so that the loop's behaviour (not the
+model's) is what is asserted: nothing of a partition is processed before the processor has taken it
+over, and a take-over that fails (the query path reads its A/B partials back from a topic, which
+fails while the broker is away) is retried instead of being skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from tests.conftest import make_settings, wait_until
+from worker.consumer_loop import ConsumerLoop, Output
+from worker.kafka_io import create_topics, make_consumer, make_producer
+from worker.local_services import LocalBroker
+from worker.observability import Liveness
+
+
+class FlakyTakeOver:
+    """Echoes every record to an output topic; its first `failures` take-overs raise."""
+
+    path = "test"
+
+    def __init__(self, out_topic: str, failures: int) -> None:
+        self.out_topic = out_topic
+        self.failures = failures
+        self.taken: set[int] = set()  # partitions taken over successfully
+        self.attempts = 0
+        self.early: list[tuple[int, int]] = []  # records seen before their partition was taken over
+        self.seen: list[tuple[int, int]] = []
+
+    def process(self, records: Sequence[ConsumerRecord]) -> list[Output]:
+        for rec in records:
+            self.seen.append((rec.partition, rec.offset))
+            if rec.partition not in self.taken:
+                self.early.append((rec.partition, rec.offset))
+        return [Output(self.out_topic, f"{r.partition}:{r.offset}".encode(), r.value) for r in records]
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise TimeoutError("reading the state topic back failed (broker away)")
+        self.taken |= {tp.partition for tp in partitions}
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        self.taken -= {tp.partition for tp in partitions}
+
+    def idle(self) -> None:
+        return None
+
+
+def test_failed_take_over_is_retried_and_holds_the_partitions(broker: LocalBroker) -> None:
+    settings = make_settings(broker)
+    topics = settings.topics
+    create_topics(settings.kafka, topics)
+    producer = make_producer(settings.kafka)
+    for i in range(30):
+        producer.send(topics.query_logs, key=f"k{i}".encode(), value=f"v{i}".encode())
+    producer.flush(30)
+    producer.close()
+
+    processor = FlakyTakeOver(topics.relevance_scores, failures=2)
+    group = settings.worker.query_group
+    loop = ConsumerLoop(
+        settings,
+        topics.query_logs,
+        group,
+        processor,
+        make_consumer(settings.kafka, group),
+        make_producer(settings.kafka),
+        Liveness(),
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    started = time.monotonic()
+    runner.start()
+    try:
+        wait_until("all 30 records processed", lambda: len(set(processor.seen)) == 30, 90)
+        taken = set(processor.taken)
+        deferred = set(loop.deferred)
+    finally:
+        stop.set()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert processor.attempts == 3  # two failures, then the take-over that worked
+    assert processor.early == []  # the partitions stayed paused until then
+    assert taken == {0, 1, 2} and not deferred
+    # the retries back off (0.5 s, then 1 s) instead of spinning
+    assert time.monotonic() - started >= 1.5
+
+    assert processor.taken == set()  # the close revoked them
+    consumer = make_consumer(settings.kafka, group)
+    tps = [TopicPartition(topics.query_logs, p) for p in range(topics.partitions)]
+    committed = sum(consumer.committed(tp) or 0 for tp in tps)
+    consumer.close(autocommit=False)
+    assert committed == 30
