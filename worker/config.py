@@ -9,14 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class KafkaSettings(BaseSettings):
-    """Kafka connection; security settings are passed through to kafka-python unchanged."""
+def _env(prefix: str, names: list[str]) -> str:
+    return ", ".join(f"{prefix}{name.upper()}" for name in names)
 
-    model_config = SettingsConfigDict(env_prefix="QL_KAFKA_")
+
+class KafkaSettings(BaseSettings):
+    """Kafka connection; security settings are passed through to kafka-python unchanged.
+
+    Contradictory combinations, which kafka-python would silently ignore, are refused at start (see
+    `_consistent_security`); one that works but is unsafe (PLAIN over SASL_PLAINTEXT) is a warning.
+    """
+
+    # a model-level error would otherwise print every input, the SASL password included
+    model_config = SettingsConfigDict(env_prefix="QL_KAFKA_", hide_input_in_errors=True)
 
     bootstrap_servers: str = "127.0.0.1:19092"
     client_id: str = "querylife-worker"
@@ -33,6 +42,48 @@ class KafkaSettings(BaseSettings):
     heartbeat_interval_ms: int = 1_000
     max_poll_interval_ms: int = 120_000
     request_timeout_ms: int = 30_000
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> KafkaSettings:
+        """Refuse settings that the security protocol would silently ignore (docs/deploying.md)."""
+        protocol = f"QL_KAFKA_SECURITY_PROTOCOL={self.security_protocol}"
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        problems: list[str] = []
+        ssl_files = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, n) is not None]
+        if ssl_files and not tls:
+            problems.append(
+                f"{_env('QL_KAFKA_', ssl_files)} set but {protocol} does not use TLS: "
+                "use SSL or SASL_SSL, or unset them"
+            )
+        if tls and self.ssl_keyfile is not None and self.ssl_certfile is None:
+            problems.append(
+                "QL_KAFKA_SSL_KEYFILE set without QL_KAFKA_SSL_CERTFILE: a client key needs its certificate"
+            )
+        credentials = [
+            n for n in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password") if getattr(self, n)
+        ]
+        if credentials and not sasl:
+            problems.append(
+                f"{_env('QL_KAFKA_', credentials)} set but {protocol} does not authenticate: "
+                "use SASL_SSL (or SASL_PLAINTEXT), or unset them"
+            )
+        if sasl and self.sasl_mechanism is None:
+            problems.append(
+                f"{protocol} needs QL_KAFKA_SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def security_warnings(self) -> list[str]:
+        """Accepted but unsafe settings; the worker logs each one at start (`insecure_kafka_settings`)."""
+        if self.security_protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN":
+            return [
+                "QL_KAFKA_SASL_MECHANISM=PLAIN over QL_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT sends the "
+                "password in clear text: use SASL_SSL, or SCRAM-SHA-512"
+            ]
+        return []
 
     def common_config(self) -> dict[str, Any]:
         """Keyword arguments shared by kafka-python's producer, consumer and admin client."""
@@ -106,6 +157,25 @@ class TritonSettings(BaseSettings):
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
 
+    @model_validator(mode="after")
+    def _consistent_tls(self) -> TritonSettings:
+        """Refuse certificates the client would silently ignore (docs/deploying.md)."""
+        files = [n for n in ("root_certificates", "private_key", "certificate_chain") if getattr(self, n)]
+        problems: list[str] = []
+        if files and not self.ssl:
+            problems.append(
+                f"{_env('QL_TRITON_', files)} set but QL_TRITON_SSL is false: "
+                "set QL_TRITON_SSL=true, or unset them"
+            )
+        if (self.private_key is None) != (self.certificate_chain is None):
+            problems.append(
+                "QL_TRITON_PRIVATE_KEY and QL_TRITON_CERTIFICATE_CHAIN are the client's key pair for mutual "
+                "TLS: set both or neither"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 class WorkerSettings(BaseSettings):
     """Batching, state and observability of one worker process."""
@@ -129,6 +199,8 @@ class WorkerSettings(BaseSettings):
 
 class Settings(BaseSettings):
     """Everything, grouped; each group reads its own `QL_<GROUP>_*` variables."""
+
+    model_config = SettingsConfigDict(hide_input_in_errors=True)  # a nested KafkaSettings holds the password
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)

@@ -145,6 +145,8 @@ def run_worker(
         kafka=settings.kafka.bootstrap_servers,
         triton=settings.triton.url,
     )
+    for warning in settings.kafka.security_warnings():
+        log.warning("insecure_kafka_settings", detail=warning)
     if install_signals:
 
         def on_signal(signum: int, _frame: object) -> None:
