@@ -1,6 +1,8 @@
-"""Security settings: what `worker.config` accepts (contradictions refused, unsafe choices warned).
+"""Security settings: what `worker.config` accepts, and what it hands to kafka-python and tritonclient.
 
-Two tests start the real `qlworker run` as a subprocess.
+Pure configuration pass-through, so most of these are unit tests on the constructed keyword arguments
+(the tritonclient constructors are replaced by a recorder); the real clients run against the real
+broker and Triton in the other test files. Two tests start the real `qlworker run` as a subprocess.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tritonclient.grpc
+import tritonclient.http
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
 from pydantic import ValidationError
 
 from worker.config import KafkaSettings, Settings, TritonSettings
+from worker.triton_client import RelevanceClient
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-" + os.urandom(6).hex()
@@ -33,6 +40,62 @@ def test_oauthbearer_is_refused_it_has_no_token_provider(monkeypatch: pytest.Mon
     for mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
         monkeypatch.setenv("QL_KAFKA_SASL_MECHANISM", mechanism)
         assert Settings().kafka.sasl_mechanism == mechanism
+
+
+# --------------------------------------------------------------------------- Kafka pass-through
+
+
+def _sasl_ssl_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "QL_KAFKA_BOOTSTRAP_SERVERS": "b-1.kafka.internal:9096,b-2.kafka.internal:9096",
+        "QL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "QL_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "QL_KAFKA_SASL_PLAIN_USERNAME": "querylife",
+        "QL_KAFKA_SASL_PLAIN_PASSWORD": SECRET,
+        "QL_KAFKA_SSL_CAFILE": str(tmp_path / "kafka-ca.pem"),
+        "QL_KAFKA_SSL_CERTFILE": str(tmp_path / "client.pem"),
+        "QL_KAFKA_SSL_KEYFILE": str(tmp_path / "client.key"),
+    }
+
+
+def test_sasl_ssl_settings_reach_kafka_python_unchanged(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, value in _sasl_ssl_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    kafka = Settings().kafka
+    cfg = kafka.common_config()
+    assert cfg == {
+        "bootstrap_servers": ["b-1.kafka.internal:9096", "b-2.kafka.internal:9096"],
+        "client_id": "querylife-worker",
+        "security_protocol": "SASL_SSL",
+        "request_timeout_ms": 30_000,
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "querylife",
+        "sasl_plain_password": SECRET,
+        "ssl_check_hostname": True,
+        "ssl_cafile": str(tmp_path / "kafka-ca.pem"),
+        "ssl_certfile": str(tmp_path / "client.pem"),
+        "ssl_keyfile": str(tmp_path / "client.key"),
+    }
+    assert type(cfg["sasl_plain_password"]) is str  # unwrapped for the client, and only there
+    for text in (repr(kafka), str(kafka), str(kafka.model_dump()), kafka.model_dump_json(), repr(Settings())):
+        assert SECRET not in text
+    # every key is a config name all three kafka-python clients know (a typo would be ignored silently)
+    for client in (KafkaProducer, KafkaConsumer, KafkaAdminClient):
+        assert set(cfg) <= set(client.DEFAULT_CONFIG), client.__name__
+
+    monkeypatch.setenv("QL_KAFKA_SSL_CHECK_HOSTNAME", "false")
+    assert Settings().kafka.common_config()["ssl_check_hostname"] is False
+
+
+def test_plaintext_passes_no_security_keys() -> None:
+    cfg = KafkaSettings().common_config()
+    assert cfg["security_protocol"] == "PLAINTEXT"
+    assert not {k for k in cfg if k.startswith(("sasl_", "ssl_"))}
+    ssl_only = KafkaSettings(security_protocol="SSL", ssl_cafile=Path("/certs/ca.pem")).common_config()
+    assert ssl_only["ssl_cafile"] == "/certs/ca.pem" and ssl_only["ssl_check_hostname"] is True
+    assert not {k for k in ssl_only if k.startswith("sasl_")}
 
 
 # --------------------------------------------------------------------------- contradictory settings
@@ -109,6 +172,79 @@ def test_contradictory_triton_tls_settings_are_refused(settings: dict[str, Any],
         TritonSettings(**settings)
     for name in named:
         assert name in str(exc.value)
+
+
+# --------------------------------------------------------------------------- Triton pass-through
+
+
+class Recorder:
+    """Stands in for a tritonclient InferenceServerClient: records the constructor's keyword arguments."""
+
+    calls: list[dict[str, Any]]
+
+    def __init__(self, **kwargs: Any) -> None:
+        type(self).calls.append(kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    recorder = type("Recording", (Recorder,), {"calls": calls})
+    monkeypatch.setattr(tritonclient.grpc, "InferenceServerClient", recorder)
+    monkeypatch.setattr(tritonclient.http, "InferenceServerClient", recorder)
+    return calls
+
+
+def test_grpc_client_gets_the_tls_files(recorded: list[dict[str, Any]]) -> None:
+    settings = TritonSettings(
+        url="triton.internal:8001", ssl=True, root_certificates=CA, private_key=KEY, certificate_chain=CERT
+    )
+    RelevanceClient(settings).close()
+    assert recorded == [
+        {
+            "url": "triton.internal:8001",
+            "ssl": True,
+            "root_certificates": str(CA),
+            "private_key": str(KEY),
+            "certificate_chain": str(CERT),
+        }
+    ]
+
+
+def test_http_client_gets_the_tls_options(recorded: list[dict[str, Any]]) -> None:
+    settings = TritonSettings(
+        url="triton.internal:8000",
+        protocol="http",
+        ssl=True,
+        root_certificates=CA,
+        private_key=KEY,
+        certificate_chain=CERT,
+        timeout_s=7.5,
+    )
+    RelevanceClient(settings).close()
+    assert recorded == [
+        {
+            "url": "triton.internal:8000",
+            "ssl": True,
+            "ssl_options": {"ca_certs": str(CA), "certfile": str(CERT), "keyfile": str(KEY)},
+            "connection_timeout": 7.5,
+            "network_timeout": 7.5,
+        }
+    ]
+
+
+def test_clients_without_tls_get_no_certificates(recorded: list[dict[str, Any]]) -> None:
+    RelevanceClient(TritonSettings()).close()
+    RelevanceClient(TritonSettings(protocol="http", ssl=True)).close()  # server-auth TLS, system CAs
+    grpc_call, http_call = recorded
+    assert grpc_call["ssl"] is False
+    assert (
+        grpc_call["root_certificates"] is grpc_call["private_key"] is grpc_call["certificate_chain"] is None
+    )
+    assert http_call["ssl"] is True and http_call["ssl_options"] is None
 
 
 # --------------------------------------------------------------------------- the real worker process
