@@ -7,6 +7,7 @@ broker and Triton in the other test files. Two tests start the real `qlworker ru
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from kafka.admin import KafkaAdminClient
 from pydantic import ValidationError
 
 from worker.config import KafkaSettings, Settings, TritonSettings
+from worker.observability import configure_logging
 from worker.triton_client import RelevanceClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,4 +312,63 @@ def test_worker_warns_at_start_about_plain_over_sasl_plaintext() -> None:
     warnings = [line for line in text.splitlines() if "insecure_kafka_settings" in line]
     assert len(warnings) == 1 and '"level": "warning"' in warnings[0]
     assert "sends the password in clear text" in warnings[0]
+    assert SECRET not in text
+
+
+# --------------------------------------------------------------------------- kafka-python's DEBUG logs
+
+
+def test_kafka_debug_records_are_not_emitted(caplog: pytest.LogCaptureFixture) -> None:
+    kafka_logger = logging.getLogger("kafka")
+    saved = kafka_logger.level
+    try:
+        caplog.set_level(logging.DEBUG)  # the root at DEBUG: every other logger's DEBUG gets through
+        configure_logging("DEBUG")
+        admin = logging.getLogger("kafka.admin.client")
+        admin.debug("Starting KafkaAdminClient with configuration: %s", {"sasl_plain_password": SECRET})
+        admin.info("admin client started")
+        logging.getLogger("worker.probe").debug("debug is on")
+        messages = [r.getMessage() for r in caplog.records]
+        assert "admin client started" in messages and "debug is on" in messages
+        assert not any(SECRET in m for m in messages)
+    finally:
+        kafka_logger.setLevel(saved)
+        configure_logging()
+
+
+_ADMIN_PROBE = """
+import logging, sys
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
+from worker.config import KafkaSettings
+from worker.observability import configure_logging
+
+configure_logging("DEBUG")
+logging.getLogger("worker.probe").debug("debug is on")
+kafka = KafkaSettings(
+    bootstrap_servers=sys.argv[1],
+    security_protocol="SASL_PLAINTEXT",
+    sasl_mechanism="PLAIN",
+    sasl_plain_username="svc-querylife",
+    sasl_plain_password=sys.argv[2],
+)
+try:
+    KafkaAdminClient(**kafka.common_config(), bootstrap_timeout_ms=1000)
+except KafkaError as exc:
+    logging.getLogger("worker.probe").info("no broker: %s", type(exc).__name__)
+"""
+
+
+def test_a_real_kafka_client_at_debug_logs_no_password() -> None:
+    """kafka-python's KafkaAdminClient logs its configuration at DEBUG; configure_logging keeps it out."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _ADMIN_PROBE, _dead_address(), SECRET],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert "debug is on" in text and "no broker: " in text
     assert SECRET not in text

@@ -45,6 +45,10 @@ STATE_PRODUCTS = Gauge("querylife_state_products", "Product embeddings held by a
 def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stderr; every record carries its event ids as fields."""
     logging.basicConfig(level=level, format="%(message)s")
+    # kafka-python logs whole client configs at DEBUG, the SASL password in clear text included
+    # (KafkaAdminClient.__init__: "Starting KafkaAdminClient with configuration: ..."), so its loggers
+    # stay at INFO or above whatever the root level.
+    logging.getLogger("kafka").setLevel(max(logging.INFO, logging.getLevelName(level)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
