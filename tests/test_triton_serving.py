@@ -101,6 +101,7 @@ def test_ready_metadata_and_version(
 ) -> None:
     assert client.is_ready()
     assert client.model_version() == model.version
+    assert client.embedding_dim() == model.embed_dim  # the width query workers hold embeddings at
     import tritonclient.grpc as grpcclient
 
     raw = grpcclient.InferenceServerClient(triton.grpc_url)

@@ -162,6 +162,80 @@ def test_pipeline_end_to_end(
     assert any(d.original == b'{"query": 5}' for d in letters)
 
 
+def test_embedding_of_the_wrong_width_is_ignored_not_fatal(broker: LocalBroker, triton: LocalTriton) -> None:
+    """Embedding-state records whose width is not the model's (Triton's query_relevance input) are
+    skipped, counted and logged, whether read at start or while following; valid products still score."""
+    from prometheus_client import REGISTRY
+
+    def rejected() -> float:
+        value = REGISTRY.get_sample_value(
+            "querylife_state_records_rejected_total", {"reason": "embedding_dim"}
+        )
+        return value or 0.0
+
+    settings = make_settings(broker, triton, unknown_product_wait_s=0.5)
+    topics = settings.topics
+    create_topics(settings.kafka, topics)
+    producer = make_producer(settings.kafka)
+    now = datetime.now(UTC)
+    rng = np.random.default_rng(7)
+
+    def embed(product_id: str, width: int) -> None:
+        vector = rng.normal(size=width).astype(np.float32)
+        state = ProductEmbedding(
+            product_id=product_id,
+            product_type="Tshirts",
+            embedding=(vector / np.linalg.norm(vector)).tolist(),
+            has_title=True,
+            has_image=False,
+            model_version="test",
+            source_event_id=f"e-{product_id}",
+            updated_at=now,
+        )
+        producer.send(topics.product_embeddings, key=product_id.encode(), value=encode(state)).get(timeout=10)
+
+    def query(query_id: str, products: list[str]) -> None:
+        event = QueryLog(
+            event_id=f"ev-{query_id}",
+            event_time=now,
+            query_id=query_id,
+            query="black cotton tshirt",
+            variant="A",
+            impressions=[Impression(product_id=p, position=i + 1) for i, p in enumerate(products)],
+        )
+        producer.send(topics.query_logs, key=query_id.encode(), value=encode(event)).get(timeout=10)
+
+    def statuses() -> dict[str, str]:
+        rows = latest(settings, topics.relevance_scores)
+        return {k.decode(): decode_event(RelevanceScore, v).status for k, v in rows.items() if v}
+
+    before = rejected()
+    # read when the state loads: two valid products, one too short, one too long, one valid then replaced
+    for product_id, width in [("p-good", 256), ("p-short", 255), ("p-long", 512), ("p-replaced", 256)]:
+        embed(product_id, width)
+    embed("p-replaced", 128)
+    query("q1", ["p-good", "p-short", "p-long", "p-replaced"])
+    worker = RunningWorker(settings, ["query"])
+    wait_until("first query scored", lambda: len(statuses()) == 4)
+    # read while following the state
+    embed("p-late", 300)
+    embed("p-good-2", 256)
+    query("q2", ["p-good", "p-late", "p-good-2"])
+    wait_until("second query scored", lambda: len(statuses()) == 7)
+    producer.close()
+    assert worker.shutdown() == 0  # the worker never crashed
+    assert statuses() == {
+        "q1:p-good": "scored",
+        "q1:p-short": "unknown_product",
+        "q1:p-long": "unknown_product",
+        "q1:p-replaced": "unknown_product",
+        "q2:p-good": "scored",
+        "q2:p-late": "unknown_product",
+        "q2:p-good-2": "scored",
+    }
+    assert rejected() - before == 4
+
+
 def encode_json(obj: dict[str, Any]) -> bytes:
     import orjson
 

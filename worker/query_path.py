@@ -24,7 +24,7 @@ from schemas import (
 from worker.ab_metrics import ABAggregator, WindowKey
 from worker.config import Settings
 from worker.consumer_loop import Output, dead_letter
-from worker.observability import STATE_PRODUCTS, TRITON_LATENCY, UNKNOWN_PRODUCTS
+from worker.observability import STATE_PRODUCTS, STATE_REJECTED, TRITON_LATENCY, UNKNOWN_PRODUCTS
 from worker.state_reader import TopicReader
 from worker.triton_client import RelevanceClient
 
@@ -32,17 +32,27 @@ log = structlog.get_logger()
 
 
 class EmbeddingState:
-    """All product embeddings, rebuilt from the compacted topic on start and kept current by following it."""
+    """All product embeddings, rebuilt from the compacted topic on start and kept current by following it.
 
-    def __init__(self, settings: Settings) -> None:
+    Only vectors of width `dim` (what Triton's `query_relevance` accepts) are held: one of another width
+    would fail every batch it is stacked into, and the worker with it, on every restart.
+    """
+
+    def __init__(self, settings: Settings, dim: int) -> None:
         self.reader = TopicReader(settings.kafka, settings.topics.product_embeddings)
+        self.dim = dim
         self.vectors: dict[str, np.ndarray] = {}
         self.invalid = 0
+
+    def _reject(self, key: str | None, reason: str, **detail: object) -> None:
+        self.invalid += 1
+        STATE_REJECTED.labels(reason).inc()
+        log.warning("invalid_state_record", key=key, reason=reason, **detail)
 
     def _apply(self, rec: ConsumerRecord) -> None:
         key = rec.key.decode() if rec.key else None
         if key is None:
-            self.invalid += 1
+            self._reject(None, "missing_key")
             return
         if rec.value is None:
             self.vectors.pop(key, None)  # tombstone: product deleted
@@ -50,8 +60,13 @@ class EmbeddingState:
         try:
             state = decode_event(ProductEmbedding, rec.value, max_bytes=1 << 20)
         except EventError as exc:
-            self.invalid += 1
-            log.warning("invalid_state_record", key=key, reason=exc.reason)
+            self._reject(key, exc.reason)
+            return
+        if len(state.embedding) != self.dim:
+            # The latest record of this product is unusable (a restart would not see an older one
+            # either): the product is unknown until a valid embedding arrives.
+            self.vectors.pop(key, None)
+            self._reject(key, "embedding_dim", dim=len(state.embedding), expected=self.dim)
             return
         self.vectors[key] = np.asarray(state.embedding, dtype=np.float32)
 

@@ -101,7 +101,7 @@ def build_loop(
     else:
 
         def loaded_state() -> EmbeddingState:
-            state = EmbeddingState(settings)
+            state = EmbeddingState(settings, client.embedding_dim())
             state.load()
             return state
 

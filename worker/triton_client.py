@@ -184,12 +184,22 @@ class RelevanceClient:
             raise TritonRequestError(f"{PRODUCT_MODEL} has no {VERSION_PARAMETER}: run `querylife export`")
         return version
 
-    def _stamp(self, model: str) -> str:
+    def embedding_dim(self) -> int:
+        """Width D of the product embeddings `query_relevance` accepts (its PRODUCT_EMBEDDING [D] input)."""
+        config = self._call(lambda: self._config(QUERY_MODEL), what=f"{QUERY_MODEL} config")
+        for tensor in config.get("input", []):
+            dims = [int(d) for d in tensor.get("dims", [])]
+            if tensor.get("name") == "PRODUCT_EMBEDDING" and len(dims) == 1 and dims[0] > 0:
+                return dims[0]
+        raise TritonRequestError(f"{QUERY_MODEL} has no PRODUCT_EMBEDDING [D] input")
+
+    def _config(self, model: str) -> dict[str, Any]:
         if self.protocol == "grpc":
-            config = self._client.get_model_config(model, as_json=True, **self._timeout_kw())["config"]
-        else:
-            config = self._client.get_model_config(model)
-        param = config.get("parameters", {}).get(VERSION_PARAMETER, {})
+            return dict(self._client.get_model_config(model, as_json=True, **self._timeout_kw())["config"])
+        return dict(self._client.get_model_config(model))
+
+    def _stamp(self, model: str) -> str:
+        param = self._config(model).get("parameters", {}).get(VERSION_PARAMETER, {})
         return str(param.get("string_value", ""))
 
     # ------------------------------------------------------------------ inference
