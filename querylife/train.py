@@ -335,7 +335,9 @@ def train(
     start_epoch = 0
     cfg_json = json.dumps(asdict(cfg), sort_keys=True)
     if resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        # weights_only: tensors, numbers, strings and containers only (no pickled code); train() writes
+        # nothing else into it, and a file swapped into the run directory cannot execute on resume.
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
         if st.get("config") == cfg_json and st.get("data_hash") == prep.data_hash:
             head.load_state_dict(st["head"])
             opt.load_state_dict(st["opt"])
