@@ -1,9 +1,10 @@
 """Reliability and hostile input, on the real broker and the real Triton (the session fixtures).
 
-The fast subset (CI) runs the corpus checks offline, the whole hostile corpus through a worker, three
-kill -9 of a worker mid-stream, a consumer group losing a member, a kill -9 and restart of a durable
-broker, and a secrets-in-logs check. The full run (`python -m reliability`, or this file with
-QL_RELIABILITY_FULL=1 / `-m slow`) runs every fault scenario at larger sizes, Triton's kill included.
+The fast subset (CI) runs every scenario at small sizes: the corpus checks offline, the whole hostile
+corpus through a worker, three kill -9 of a worker mid-stream, a kill -9 and restart of Triton, a
+broker absent at start, a kill -9 and restart of a durable broker, a consumer group losing a member,
+and a secrets-in-logs check. The full run (`python -m reliability`, or this file with
+QL_RELIABILITY_FULL=1 / `-m slow`) runs every fault scenario at the larger sizes.
 See docs/reliability.md."""
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from reliability.faults import (
     Stack,
     WorkerProcess,
     fresh_settings,
+    scenario_broker_late,
     scenario_broker_restart,
     scenario_group_member_kill,
+    scenario_triton_kill,
     scenario_worker_kill,
 )
 from reliability.hostile import ANY, QUERY, HostileSizes, corpus, prepare_image_root, scenario_hostile
@@ -122,6 +125,24 @@ def test_broker_killed_and_restarted_loses_nothing(stack: Stack) -> None:
     assert result.checks["process_starts"] == 1
     assert result.checks["alive_while_down"] is True
     assert result.checks["committed_before_kill"] >= 50
+
+
+def test_triton_killed_and_restarted_commits_nothing_meanwhile(stack: Stack) -> None:
+    """Restarts the session Triton on its own ports (the tests after this one use it again)."""
+    sizes = Sizes(kill_events=0, kills=0, triton_events=300, group_events=0, broker_events=0, rate=100)
+    result = scenario_triton_kill(stack, sizes)
+    assert result.passed, _explain(result)
+    assert result.checks["commits_frozen_while_down"] is True
+    assert result.checks["lag_while_down"] > 0
+    assert result.checks["worker_pid_unchanged"] is True
+
+
+def test_broker_absent_at_start_worker_retries_then_processes(stack: Stack) -> None:
+    sizes = Sizes(kill_events=0, kills=0, triton_events=0, group_events=0, broker_events=150, rate=100)
+    result = scenario_broker_late(stack, sizes)
+    assert result.passed, _explain(result)
+    assert result.checks["retries_logged_before_broker"] >= 1
+    assert result.checks["process_starts"] == 1
 
 
 def test_group_member_killed_survivor_takes_over(stack: Stack) -> None:
