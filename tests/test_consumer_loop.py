@@ -16,26 +16,34 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from tests.conftest import make_settings, wait_until
+from worker.config import Settings
 from worker.consumer_loop import ConsumerLoop, Output
 from worker.kafka_io import create_topics, make_consumer, make_producer
 from worker.local_services import LocalBroker
 from worker.observability import Liveness
+from worker.triton_client import TritonUnavailable
 
 
 class FlakyTakeOver:
-    """Echoes every record to an output topic; its first `failures` take-overs raise."""
+    """Echoes every record to an output topic; its first `failures` take-overs raise, and its
+    batches fail as if Triton were down while `triton_down` is set."""
 
     path = "test"
 
-    def __init__(self, out_topic: str, failures: int) -> None:
+    def __init__(self, out_topic: str, failures: int, triton_down: threading.Event | None = None) -> None:
         self.out_topic = out_topic
         self.failures = failures
+        self.triton_down = triton_down or threading.Event()
+        self.failed_batches = 0
         self.taken: set[int] = set()  # partitions taken over successfully
         self.attempts = 0
         self.early: list[tuple[int, int]] = []  # records seen before their partition was taken over
         self.seen: list[tuple[int, int]] = []
 
     def process(self, records: Sequence[ConsumerRecord]) -> list[Output]:
+        if self.triton_down.is_set():
+            self.failed_batches += 1
+            raise TritonUnavailable("Triton is down (test)")
         for rec in records:
             self.seen.append((rec.partition, rec.offset))
             if rec.partition not in self.taken:
@@ -88,7 +96,7 @@ def test_failed_take_over_is_retried_and_holds_the_partitions(broker: LocalBroke
         stop.set()
         runner.join(30)
     assert not runner.is_alive()
-    assert processor.attempts == 3  # two failures, then the take-over that worked
+    assert processor.attempts >= 3  # two failures, then the take-over that worked (per group join)
     assert processor.early == []  # the partitions stayed paused until then
     assert taken == {0, 1, 2} and not deferred
     # the retries back off (0.5 s, then 1 s) instead of spinning
@@ -100,3 +108,59 @@ def test_failed_take_over_is_retried_and_holds_the_partitions(broker: LocalBroke
     committed = sum(consumer.committed(tp) or 0 for tp in tps)
     consumer.close(autocommit=False)
     assert committed == 30
+
+
+def _loop(settings: Settings, processor: FlakyTakeOver) -> ConsumerLoop:
+    group = settings.worker.query_group
+    return ConsumerLoop(
+        settings,
+        settings.topics.query_logs,
+        group,
+        processor,
+        make_consumer(settings.kafka, group),
+        make_producer(settings.kafka),
+        Liveness(),
+    )
+
+
+def test_rebalance_during_a_backoff_never_processes_a_partition_not_taken_over(broker: LocalBroker) -> None:
+    """A worker holds a batch while Triton is down; a second member joins, so the group rebalances
+    under it. It must drop (and rewind) what it holds of partitions given away or given back, and
+    process nothing before a take-over; together the two members process every record."""
+    settings = make_settings(broker)
+    topics = settings.topics
+    create_topics(settings.kafka, topics)
+    producer = make_producer(settings.kafka)
+    for i in range(60):
+        producer.send(topics.query_logs, key=f"k{i}".encode(), value=f"v{i}".encode())
+    producer.flush(30)
+    producer.close()
+
+    down = threading.Event()
+    down.set()
+    first, second = FlakyTakeOver(topics.relevance_scores, 0, down), FlakyTakeOver(topics.relevance_scores, 0)
+    stop = threading.Event()
+    threads = []
+    try:
+        for processor in (first, second):
+            loop = _loop(settings, processor)
+            threads.append(threading.Thread(target=loop.run, args=(stop,), daemon=True))
+            threads[-1].start()
+            if processor is first:
+                wait_until("the first member to hold a batch", lambda: first.failed_batches >= 1, 60)
+        wait_until("the second member to take partitions over", lambda: bool(second.taken), 60)
+        shared = (set(first.taken), set(second.taken))
+        down.clear()  # Triton is back
+        wait_until("every record processed", lambda: len(set(first.seen) | set(second.seen)) == 60, 90)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert shared[1] and not (shared[0] & shared[1])  # the group really was split
+    assert first.early == [] and second.early == []
+    assert first.failed_batches >= 1
+    consumer = make_consumer(settings.kafka, settings.worker.query_group)
+    tps = [TopicPartition(topics.query_logs, p) for p in range(topics.partitions)]
+    committed = sum(consumer.committed(tp) or 0 for tp in tps)
+    consumer.close(autocommit=False)
+    assert committed == 60

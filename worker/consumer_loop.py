@@ -115,16 +115,11 @@ class _Rebalance(ConsumerRebalanceListener):
         )
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        # Only hold them here: the take-over (A/B partials read back) runs from the loop, between
+        # batches, so it never races a batch in flight and a failure can be retried.
         parts = set(assigned)
         self.loop.revoked -= parts
-        try:
-            self.loop.processor.on_assigned(parts)
-        except Exception as exc:  # e.g. the broker went away while the A/B partials were read back
-            self.loop.defer_assignment(parts, exc)
-            return
-        log.info(
-            "partitions_assigned", path=self.loop.processor.path, partitions=sorted(str(p) for p in parts)
-        )
+        self.loop.hold(parts, retry_in_s=0.0)
 
 
 class ConsumerLoop:
@@ -150,7 +145,7 @@ class ConsumerLoop:
         self.liveness = liveness
         self.on_committed = on_committed
         self.revoked: set[TopicPartition] = set()
-        # assigned, but the processor could not take them over yet (state restore failed): paused
+        # assigned, but not yet taken over by the processor (state not restored yet): kept paused
         self.deferred: set[TopicPartition] = set()
         self._deferred_retry_at = 0.0
         self._deferred_delay = 0.5
@@ -199,10 +194,12 @@ class ConsumerLoop:
         outputs = self._process_with_backoff(records, stop)
         if outputs is None:
             return
+        if not self._publish(outputs, stop):
+            return
+        # a partition given away during the publish backoff is no longer ours to commit; one given
+        # back to us is (its outputs are acknowledged; its take-over reads them back after this)
         records = [r for r in records if TopicPartition(r.topic, r.partition) not in self.revoked]
         if not records:
-            return
-        if not self._publish(outputs, stop):
             return
         now = time.time()
         for rec in records:
@@ -218,27 +215,25 @@ class ConsumerLoop:
         while (left := deadline - time.monotonic()) > 0:
             self.liveness.beat()
             try:
-                self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
+                polled = self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
             except KafkaError:  # the broker is away too: just wait out the delay
                 time.sleep(min(left, 0.5))
+                continue
+            # nothing should come back (all paused, new partitions held); if it does, give it back
+            for tp, recs in polled.items():
+                with contextlib.suppress(Exception):
+                    self.consumer.seek(tp, min(r.offset for r in recs))
         still = [tp for tp in assigned if tp in self.consumer.assignment() and tp not in self.deferred]
         if still:
             self.consumer.resume(*still)
 
-    def defer_assignment(self, partitions: set[TopicPartition], exc: BaseException) -> None:
-        """Hold new partitions paused until the processor has taken them over: consuming them with
+    def hold(self, partitions: set[TopicPartition], retry_in_s: float) -> None:
+        """Keep partitions paused until the processor has taken them over: consuming them with
         their state missing (e.g. A/B partials not restored) would write wrong aggregates."""
         self.deferred |= partitions
         with contextlib.suppress(Exception):
             self.consumer.pause(*partitions)
-        self._deferred_retry_at = time.monotonic() + self._deferred_delay
-        log.warning(
-            "assignment_deferred",
-            path=self.processor.path,
-            partitions=sorted(str(p) for p in partitions),
-            error=f"{type(exc).__name__}: {exc}"[:200],
-            retry_in_s=self._deferred_delay,
-        )
+        self._deferred_retry_at = time.monotonic() + retry_in_s
 
     def _retry_deferred(self) -> None:
         if time.monotonic() < self._deferred_retry_at:
@@ -249,13 +244,38 @@ class ConsumerLoop:
             return
         try:
             self.processor.on_assigned(parts)
-        except Exception as exc:
+            self._rewind_to_committed(parts)
+        except Exception as exc:  # e.g. the broker went away while the A/B partials were read back
+            self.hold(parts, retry_in_s=self._deferred_delay)
+            log.warning(
+                "assignment_deferred",
+                path=self.processor.path,
+                partitions=sorted(str(p) for p in parts),
+                error=f"{type(exc).__name__}: {exc}"[:200],
+                retry_in_s=self._deferred_delay,
+            )
             self._deferred_delay = min(self._deferred_delay * 2, 10.0)
-            self.defer_assignment(parts, exc)
             return
         self._deferred_delay = 0.5
         self.consumer.resume(*parts)
         log.info("partitions_assigned", path=self.processor.path, partitions=sorted(str(p) for p in parts))
+
+    def _rewind_to_committed(self, partitions: set[TopicPartition]) -> None:
+        """A take-over starts at the group's committed offset, as a new owner would: kafka-python keeps
+        the fetch position of a partition that comes back to the same member, past records this
+        member dropped unprocessed when the partition was taken away during a backoff."""
+        for tp in partitions:
+            offset = self.consumer.committed(tp)
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)  # nothing committed: auto_offset_reset=earliest
+            else:
+                self.consumer.seek(tp, offset)
+
+    def _drop_held(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """Drop the records in hand of partitions given away during a backoff, or given back but not
+        taken over yet: their take-over rewinds to the committed offset, so they are read again."""
+        held = self.revoked | self.deferred
+        return [r for r in records if TopicPartition(r.topic, r.partition) not in held]
 
     def _process_with_backoff(
         self, records: list[ConsumerRecord], stop: threading.Event
@@ -287,7 +307,7 @@ class ConsumerLoop:
                 )
                 self._backoff_sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, triton.retry_max_s)
-                records[:] = [r for r in records if TopicPartition(r.topic, r.partition) not in self.revoked]
+                records[:] = self._drop_held(records)
                 if not records:
                     return None
 
