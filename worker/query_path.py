@@ -90,7 +90,8 @@ class EmbeddingState:
         while missing and time.monotonic() < deadline:
             self.follow(timeout_ms=100)
             missing = {pid for pid in missing if pid not in self.vectors}
-        return missing
+        # following may also have removed products known at the start (tombstones, rejected records)
+        return {pid for pid in product_ids if pid not in self.vectors}
 
 
 class QueryProcessor:
@@ -192,7 +193,8 @@ class QueryProcessor:
 
         reader = TopicReader(self.settings.kafka, self.settings.topics.ab_metrics)
         try:
-            reader.read_to_end(apply)
+            # bounded below /healthz's 60 s: a slow read is retried by the loop, not a dead worker
+            reader.read_to_end(apply, timeout_s=30.0)
         finally:
             reader.close()
         self.ab.restore(found)

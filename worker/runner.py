@@ -102,7 +102,11 @@ def build_loop(
 
         def loaded_state() -> EmbeddingState:
             state = EmbeddingState(settings, client.embedding_dim())
-            state.load()
+            try:
+                state.load()
+            except BaseException:
+                state.reader.close()  # retried: leave no consumer behind
+                raise
             return state
 
         state = retry("embedding state", loaded_state)

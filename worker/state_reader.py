@@ -24,17 +24,20 @@ class TopicReader:
         """Assign every partition; `timeout_s` only absorbs metadata lag: the runner waited for the topic."""
         self.topic = topic
         self.consumer: KafkaConsumer = make_consumer(kafka, None, max_poll_records=2000)
-        deadline = time.monotonic() + timeout_s
-        partitions = self.consumer.partitions_for_topic(topic)
-        while not partitions:
-            if time.monotonic() > deadline:
-                self.consumer.close(autocommit=False)
-                raise TopicsMissing([topic])  # a KafkaError: retried by the caller, not a crash
-            time.sleep(0.2)
+        try:
+            deadline = time.monotonic() + timeout_s
             partitions = self.consumer.partitions_for_topic(topic)
-        self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
-        self.consumer.assign(self.partitions)
-        self.consumer.seek_to_beginning(*self.partitions)
+            while not partitions:
+                if time.monotonic() > deadline:
+                    raise TopicsMissing([topic])  # a KafkaError: retried by the caller, not a crash
+                time.sleep(0.2)
+                partitions = self.consumer.partitions_for_topic(topic)
+            self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
+            self.consumer.assign(self.partitions)
+            self.consumer.seek_to_beginning(*self.partitions)
+        except BaseException:
+            self.consumer.close(autocommit=False)  # callers retry: leave no consumer (and IO thread) behind
+            raise
 
     def read_to_end(self, apply: Callable[[ConsumerRecord], None], timeout_s: float = 120.0) -> int:
         """Apply every record up to the end offsets seen now; returns how many were applied."""
