@@ -284,9 +284,12 @@ def read_all(
                 raise ScenarioFailed(f"reading {topic} to its end took over {timeout_s:.0f}s")
             for records in consumer.poll(timeout_ms=200).values():
                 out.extend((r.key, r.value) for r in records)
-        while polled := consumer.poll(timeout_ms=300):
+        quiet = 0
+        while quiet < 3:  # three empty polls in a row: a slow broker may pause between batches
             if time.monotonic() > deadline:
                 raise ScenarioFailed(f"reading {topic} to its end took over {timeout_s:.0f}s")
+            polled = consumer.poll(timeout_ms=300)
+            quiet = 0 if polled else quiet + 1
             for records in polled.values():
                 out.extend((r.key, r.value) for r in records)
         return out
