@@ -48,6 +48,7 @@ from worker.local_services import LocalBroker, LocalObjectStore, LocalTriton, Ma
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "fashion-products"
+S3_SETTLE_S = 5.0  # how long a read of a topic on Tansu's s3 engine waits for stragglers
 SCORE_TOLERANCE = 1e-5  # replays may batch differently in Triton: float noise, not a different value
 
 
@@ -264,10 +265,11 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float, every_s: 
 
 
 def read_all(
-    settings: Settings, topic: str, timeout_s: float = 30.0
+    settings: Settings, topic: str, timeout_s: float = 120.0, settle_s: float = 0.6
 ) -> list[tuple[bytes | None, bytes | None]]:
-    """Every record of a topic up to its current end offsets (duplicates included), then whatever
-    else arrives until a poll comes back empty: Tansu's s3 engine under-reports end offsets."""
+    """Every record of a topic (duplicates included): up to its end offsets, then on until nothing
+    has arrived for `settle_s`. Tansu's s3 engine under-reports end offsets and answers fetches
+    slowly, so the broker-restart scenario reads with a longer `settle_s`."""
     consumer = make_consumer(settings.kafka, None, max_poll_records=5000)
     try:
         parts = consumer.partitions_for_topic(topic) or set()
@@ -279,20 +281,19 @@ def read_all(
         end = consumer.end_offsets(tps)
         out: list[tuple[bytes | None, bytes | None]] = []
         deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
+        last_record = time.monotonic()
+        while True:
             if time.monotonic() > deadline:
                 raise ScenarioFailed(f"reading {topic} to its end took over {timeout_s:.0f}s")
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.key, r.value) for r in records)
-        quiet = 0
-        while quiet < 3:  # three empty polls in a row: a slow broker may pause between batches
-            if time.monotonic() > deadline:
-                raise ScenarioFailed(f"reading {topic} to its end took over {timeout_s:.0f}s")
-            polled = consumer.poll(timeout_ms=300)
-            quiet = 0 if polled else quiet + 1
+            polled = consumer.poll(timeout_ms=200)
             for records in polled.values():
                 out.extend((r.key, r.value) for r in records)
-        return out
+            if polled:
+                last_record = time.monotonic()
+            elif time.monotonic() - last_record >= settle_s and all(
+                consumer.position(tp) >= end[tp] for tp in tps
+            ):
+                return out
     finally:
         consumer.close(autocommit=False)
 
@@ -461,10 +462,10 @@ def _score_values(s: RelevanceScore) -> tuple[Any, ...]:
     return (s.status, s.label, s.model_version, s.position, s.variant, s.event_id)
 
 
-def account(settings: Settings, events: list[QueryLog]) -> Accounting:
+def account(settings: Settings, events: list[QueryLog], settle_s: float = 0.6) -> Accounting:
     """Read every output record and compare with what every input should have produced."""
     by_key: dict[bytes, list[RelevanceScore]] = defaultdict(list)
-    for key, value in read_all(settings, settings.topics.relevance_scores):
+    for key, value in read_all(settings, settings.topics.relevance_scores, settle_s=settle_s):
         if key is not None and value is not None:
             by_key[key].append(decode_event(RelevanceScore, value))
     lost_events = lost_keys = not_scored = 0
@@ -495,7 +496,7 @@ def account(settings: Settings, events: list[QueryLog]) -> Accounting:
         max_diff = max(max_diff, worst)
         identical += same and worst <= SCORE_TOLERANCE
     partials = []
-    for _key, value in read_all(settings, settings.topics.ab_metrics):
+    for _key, value in read_all(settings, settings.topics.ab_metrics, settle_s=settle_s):
         with contextlib.suppress(EventError):
             partials.append(decode_event(ABMetrics, value))
     ab_queries = sum(r.queries for r in merge(partials, per_window=False))
@@ -853,10 +854,10 @@ def scenario_broker_restart(stack: Stack, sizes: Sizes, seed: int = 5) -> Scenar
         stream.join(300)
         # count the input records by reading them: Tansu's s3 engine reports a partition's end offset
         # as the base offset of its last batch + 1, so `lag` (end - committed) reads 0 too early
-        inputs = len(read_all(settings, topic))
+        inputs = len(read_all(settings, topic, settle_s=S3_SETTLE_S))
         wait_until("every input record committed", lambda: _progress(settings, group) >= inputs, 180)
         time.sleep(1.0)
-        acc = account(settings, events)
+        acc = account(settings, events, settle_s=S3_SETTLE_S)
         fill(result, acc, len(events))
         result.restarts_survived = 1
         result.checks |= {
