@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from schemas import (
@@ -267,6 +268,13 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float, every_s: 
 def read_all(
     settings: Settings, topic: str, timeout_s: float = 120.0, settle_s: float = 0.6
 ) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every record of a topic, duplicates included; see `read_records`."""
+    return [(r.key, r.value) for r in read_records(settings, topic, timeout_s, settle_s)]
+
+
+def read_records(
+    settings: Settings, topic: str, timeout_s: float = 120.0, settle_s: float = 0.6
+) -> list[ConsumerRecord]:
     """Every record of a topic (duplicates included): up to its end offsets, then on until nothing
     has arrived for `settle_s`. Tansu's s3 engine under-reports end offsets and answers fetches
     slowly, so the broker-restart scenario reads with a longer `settle_s`."""
@@ -279,7 +287,7 @@ def read_all(
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        out: list[tuple[bytes | None, bytes | None]] = []
+        out: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         last_record = time.monotonic()
         while True:
@@ -287,7 +295,7 @@ def read_all(
                 raise ScenarioFailed(f"reading {topic} to its end took over {timeout_s:.0f}s")
             polled = consumer.poll(timeout_ms=200)
             for records in polled.values():
-                out.extend((r.key, r.value) for r in records)
+                out.extend(records)
             if polled:
                 last_record = time.monotonic()
             elif time.monotonic() - last_record >= settle_s and all(
@@ -456,6 +464,7 @@ class Accounting:
     not_scored: int
     ab_queries: int
     dlq: dict[str, int]
+    lost_ids: list[str] = field(default_factory=list)  # query ids of the lost events (first 20)
 
 
 def _score_values(s: RelevanceScore) -> tuple[Any, ...]:
@@ -469,6 +478,7 @@ def account(settings: Settings, events: list[QueryLog], settle_s: float = 0.6) -
         if key is not None and value is not None:
             by_key[key].append(decode_event(RelevanceScore, value))
     lost_events = lost_keys = not_scored = 0
+    lost_ids: list[str] = []
     expected = 0
     for ev in events:
         keys = [f"{ev.query_id}:{imp.product_id}".encode() for imp in ev.impressions]
@@ -476,6 +486,8 @@ def account(settings: Settings, events: list[QueryLog], settle_s: float = 0.6) -
         missing = [k for k in keys if k not in by_key]
         lost_keys += len(missing)
         lost_events += bool(missing)
+        if missing and len(lost_ids) < 20:
+            lost_ids.append(ev.query_id)
         not_scored += sum(1 for k in keys if k in by_key and by_key[k][-1].status != "scored")
     duplicated = identical = 0
     max_diff = 0.0
@@ -510,6 +522,7 @@ def account(settings: Settings, events: list[QueryLog], settle_s: float = 0.6) -
         not_scored,
         ab_queries,
         dlq_reasons(settings),
+        lost_ids,
     )
 
 
@@ -854,11 +867,19 @@ def scenario_broker_restart(stack: Stack, sizes: Sizes, seed: int = 5) -> Scenar
         stream.join(300)
         # count the input records by reading them: Tansu's s3 engine reports a partition's end offset
         # as the base offset of its last batch + 1, so `lag` (end - committed) reads 0 too early
-        inputs = len(read_all(settings, topic, settle_s=S3_SETTLE_S))
+        input_records = read_records(settings, topic, settle_s=S3_SETTLE_S)
+        inputs = len(input_records)
         wait_until("every input record committed", lambda: _progress(settings, group) >= inputs, 180)
         time.sleep(1.0)
         acc = account(settings, events, settle_s=S3_SETTLE_S)
         fill(result, acc, len(events))
+        result.notes += _where_lost(acc.lost_ids, input_records, committed_offsets(settings, group, topic))
+        offsets: dict[int, set[int]] = defaultdict(set)
+        for r in input_records:
+            offsets[r.partition].add(r.offset)
+        result.checks["input_offset_gaps"] = {
+            p: max(o) + 1 - min(o) - len(o) for p, o in sorted(offsets.items()) if o
+        }
         result.restarts_survived = 1
         result.checks |= {
             "broker_down_s": round(down_s, 1),
@@ -887,6 +908,25 @@ def scenario_broker_restart(stack: Stack, sizes: Sizes, seed: int = 5) -> Scenar
     broker.stop()
     store.stop()
     return result
+
+
+def _where_lost(
+    lost_ids: list[str], input_records: list[ConsumerRecord], committed: dict[int, int]
+) -> list[str]:
+    """For each lost event: is it on the input topic (then the worker skipped it) or not (then the
+    broker lost an acknowledged write)? Either way the row stays FAIL; this says whose fault."""
+    at = {r.key.decode(): (r.partition, r.offset) for r in input_records if r.key is not None}
+    notes = []
+    for qid in lost_ids:
+        if qid in at:
+            part, offset = at[qid]
+            notes.append(
+                f"lost {qid}: on the input topic at partition {part} offset {offset}, group committed "
+                f"{committed.get(part)}: the worker did not produce its outputs"
+            )
+        else:
+            notes.append(f"lost {qid}: acknowledged to the producer but not readable on the input topic")
+    return notes
 
 
 def _warning_lines(w: WorkerProcess) -> dict[str, int]:
