@@ -878,7 +878,7 @@ def scenario_broker_restart(stack: Stack, sizes: Sizes, seed: int = 5) -> Scenar
         for r in input_records:
             offsets[r.partition].add(r.offset)
         result.checks["input_offset_gaps"] = {
-            p: max(o) + 1 - min(o) - len(o) for p, o in sorted(offsets.items()) if o
+            str(p): max(o) + 1 - min(o) - len(o) for p, o in sorted(offsets.items()) if o
         }
         result.restarts_survived = 1
         result.checks |= {
