@@ -72,7 +72,10 @@ def write_reports(results: list[ScenarioResult], mode: str, seconds: float, out_
         "command": f"python -m reliability{' --quick' if mode == 'quick' else ''}",
     }
     (out_dir / "reliability.json").write_bytes(
-        orjson.dumps({"meta": meta, "scenarios": [r.to_json() for r in results]}, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+        orjson.dumps(
+            {"meta": meta, "scenarios": [r.to_json() for r in results]},
+            option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+        )
     )
     parts = [
         "# Reliability and hostile-input figures",
