@@ -32,9 +32,13 @@ create() {
 }
 
 delete_policy=(--config cleanup.policy=delete --config "retention.ms=${RETENTION_MS}")
+# Inputs may be as large as the worker accepts (2 MiB events, schemas/limits.py, + 64 KiB of record
+# overhead; worker/kafka_io.py MAX_INPUT_RECORD_BYTES): Kafka's default limit is 1 MiB. Outputs stay
+# under 1 MiB (dead letters are capped), so they keep the default.
+input_size=(--config "max.message.bytes=2162688")
 
-create "${QL_TOPIC_PRODUCT_UPSERTS:-querylife.product-upserts}" "${delete_policy[@]}"
-create "${QL_TOPIC_QUERY_LOGS:-querylife.query-logs}" "${delete_policy[@]}"
+create "${QL_TOPIC_PRODUCT_UPSERTS:-querylife.product-upserts}" "${delete_policy[@]}" "${input_size[@]}"
+create "${QL_TOPIC_QUERY_LOGS:-querylife.query-logs}" "${delete_policy[@]}" "${input_size[@]}"
 # Latest embedding per product id: compacted, so a query worker can rebuild its whole in-memory state
 # by reading the topic from the beginning; a small dirty ratio and hourly segments keep that read short.
 create "${QL_TOPIC_PRODUCT_EMBEDDINGS:-querylife.product-embeddings}" \

@@ -339,13 +339,17 @@ def test_topic_init_honours_ql_topic_overrides(tmp_path: Path) -> None:
 
 
 def test_topic_init_agrees_with_worker_create_topics(tmp_path: Path) -> None:
-    # `qlworker create-topics` and topic-init must give each topic the same cleanup policy.
+    # `qlworker create-topics` and topic-init must give each topic the same cleanup policy and the
+    # same record size limit (inputs take events up to the worker's limit; Kafka's default is 1 MiB).
     kafka_io = pytest.importorskip("worker.kafka_io")
     topics = TopicSettings()
-    script = {_option(c, "--topic"): _configs(c).get("cleanup.policy") for c in _run_topic_init(tmp_path)}
+    script = {_option(c, "--topic"): _configs(c) for c in _run_topic_init(tmp_path)}
     for spec in kafka_io.topic_specs(topics):
-        expected = (spec.topic_configs or {}).get("cleanup.policy", "delete")
-        assert script[spec.name] == expected, f"{spec.name}: topic-init {script[spec.name]} != {expected}"
+        configs = spec.topic_configs or {}
+        for key, default in (("cleanup.policy", "delete"), ("max.message.bytes", None)):
+            got = script[spec.name].get(key, default)
+            assert got == configs.get(key, default), f"{spec.name} {key}: topic-init {got} != {configs}"
+    assert script[topics.query_logs]["max.message.bytes"] == str(kafka_io.MAX_INPUT_RECORD_BYTES)
 
 
 def test_compose_runs_the_topic_init_script(compose: dict[str, Any]) -> None:

@@ -57,9 +57,10 @@ def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) 
 def topic_specs(topics: TopicSettings) -> list[NewTopic]:
     """Every topic of the pipeline; the embeddings topic is compacted (it is a table, keyed by product)."""
     keep_week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+    inputs = keep_week | {"max.message.bytes": str(MAX_INPUT_RECORD_BYTES)}  # Kafka's default is 1 MiB
     names = {
-        topics.product_upserts: keep_week,
-        topics.query_logs: keep_week,
+        topics.product_upserts: inputs,
+        topics.query_logs: inputs,
         topics.product_embeddings: {"cleanup.policy": "compact"},
         topics.relevance_scores: {"cleanup.policy": "compact"},
         topics.ab_metrics: {"cleanup.policy": "compact"},
