@@ -71,7 +71,7 @@ class ScenarioResult:
     duplicated_identical: int = 0  # ... of which every copy has the same values
     max_duplicate_diff: float = 0.0
     dlq_by_reason: dict[str, int] = field(default_factory=dict)
-    reported: int = 0  # by-design `unknown_product` reports (not dead letters)
+    reported: int = 0  # dead-lettered query logs whose `unknown_product` scores were also written
     restarts_survived: int = 0
     passed: bool = False
     seconds: float = 0.0

@@ -116,7 +116,7 @@ def test_pipeline_end_to_end(
         return sum(r.queries for r in rows) == len(queries)
 
     wait_until("A/B metrics", metrics_complete)
-    wait_until("dead letters", lambda: len(latest(settings, topics.dead_letter)) == 3)
+    wait_until("dead letters", lambda: len(latest(settings, topics.dead_letter)) == 4)
     assert worker.shutdown() == 0
 
     # --- embeddings: exactly the live products, equal to the model's own product embedding
@@ -156,10 +156,19 @@ def test_pipeline_end_to_end(
         assert overall[variant].impressions == sum(len(ev.impressions) for ev in mine)
         assert overall[variant].clicks == sum(imp.clicked for ev in mine for imp in ev.impressions)
 
-    # --- dead letters: the three hostile inputs, each with a specific reason and its original bytes
+    # --- dead letters: the three hostile inputs, each with a specific reason and its original bytes,
+    # and the query log naming an unknown product (scored for the rest, but not fully processed)
     letters = [decode_event(DeadLetter, v) for v in latest(settings, topics.dead_letter).values() if v]
-    assert sorted(d.reason for d in letters) == ["invalid_json", "missing", "path_traversal"]
+    assert sorted(d.reason for d in letters) == [
+        "invalid_json",
+        "missing",
+        "path_traversal",
+        "unknown_product",
+    ]
     assert any(d.original == b'{"query": 5}' for d in letters)
+    (unknown_letter,) = [d for d in letters if d.reason == "unknown_product"]
+    assert unknown_letter.event_id == reported.event_id
+    assert "no-such-product" in unknown_letter.error_message
 
 
 def test_embedding_of_the_wrong_width_is_ignored_not_fatal(broker: LocalBroker, triton: LocalTriton) -> None:
@@ -234,6 +243,11 @@ def test_embedding_of_the_wrong_width_is_ignored_not_fatal(broker: LocalBroker, 
         "q2:p-good-2": "scored",
     }
     assert rejected() - before == 4
+    letters = [decode_event(DeadLetter, v) for v in latest(settings, topics.dead_letter).values() if v]
+    assert sorted((d.event_id, d.reason) for d in letters) == [
+        ("ev-q1", "unknown_product"),
+        ("ev-q2", "unknown_product"),
+    ]
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:

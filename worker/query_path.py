@@ -166,6 +166,7 @@ class QueryProcessor:
                     outputs.append(Output(topics.relevance_scores, report.key(), encode(report)))
         if unknown:
             log.warning("unknown_products", count=len(unknown), sample=sorted(unknown)[:5])
+            outputs.extend(self._unknown_product_letters(events, unknown))
         touched: set[WindowKey] = set()
         for (rec, ev), scores in zip(events, by_event, strict=True):
             key = self.ab.add(ev, rec.partition, rec.offset, scores)
@@ -175,6 +176,34 @@ class QueryProcessor:
             metrics = self.ab.record(key, self.model_version)
             outputs.append(Output(topics.ab_metrics, metrics.key(), encode(metrics)))
         return outputs
+
+    def _unknown_product_letters(
+        self, events: Sequence[tuple[ConsumerRecord, QueryLog]], unknown: set[str]
+    ) -> list[Output]:
+        """A dead letter per query log naming products without an embedding, beside its scores.
+
+        The event is not dropped (its known products are scored and its A/B counts kept), but it was
+        not fully processed: the letter puts it where operators look for inputs to inspect or replay
+        once the catalogue has caught up (a replay overwrites scores and this letter, by key).
+        """
+        letters = []
+        for rec, ev in events:
+            missing = sorted({imp.product_id for imp in ev.impressions if imp.product_id in unknown})
+            if not missing:
+                continue
+            error = EventError(
+                "unknown_product",
+                f"{len(missing)} of {len(ev.impressions)} shown products have no embedding after "
+                f"{self.settings.worker.unknown_product_wait_s:g} s (first: {', '.join(missing[:5])}); "
+                "they were reported with status=unknown_product, the others scored and counted",
+                "impressions",
+            )
+            letters.append(
+                dead_letter(
+                    rec, error, self.settings.topics.dead_letter, self.settings.worker.name, ev.event_id
+                )
+            )
+        return letters
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         """Restore the A/B partials of the partitions taken over, so nothing is counted twice."""
