@@ -32,7 +32,7 @@ def test_weights_sum_to_one_and_masked_weight_is_zero() -> None:
     ids = fus.type_ids(["A", "B", "A", "B", "A", "B"])
     has_t = torch.tensor([True, True, False, True, True, True])
     has_i = torch.tensor([True, False, True, True, True, True])
-    w = fus.weights(t, i, ids, has_t, has_i)
+    w = fus.weights(t, i, ids, has_t, has_i).detach()
     assert torch.allclose(w.sum(-1), torch.ones(6), atol=1e-6)
     assert float(w[1, 1]) == 0.0 and float(w[1, 0]) == 1.0
     assert float(w[2, 0]) == 0.0 and float(w[2, 1]) == 1.0
