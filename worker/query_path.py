@@ -14,6 +14,7 @@ from kafka.structs import TopicPartition
 from schemas import (
     ABMetrics,
     EventError,
+    Impression,
     ProductEmbedding,
     QueryLog,
     RelevanceScore,
@@ -149,24 +150,25 @@ class QueryProcessor:
                 scored_at=now,
             )
             outputs.append(Output(topics.relevance_scores, score.key(), encode(score)))
-        for _, ev in events:
-            for imp in ev.impressions:
-                if imp.product_id in unknown:
-                    UNKNOWN_PRODUCTS.inc()
-                    report = RelevanceScore(
-                        query_id=ev.query_id,
-                        event_id=ev.event_id,
-                        product_id=imp.product_id,
-                        variant=ev.variant,
-                        position=imp.position,
-                        status="unknown_product",
-                        model_version=self.model_version,
-                        scored_at=now,
-                    )
-                    outputs.append(Output(topics.relevance_scores, report.key(), encode(report)))
+        for rec, ev in events:
+            missing = [imp for imp in ev.impressions if imp.product_id in unknown]
+            for imp in missing:
+                UNKNOWN_PRODUCTS.inc()
+                report = RelevanceScore(
+                    query_id=ev.query_id,
+                    event_id=ev.event_id,
+                    product_id=imp.product_id,
+                    variant=ev.variant,
+                    position=imp.position,
+                    status="unknown_product",
+                    model_version=self.model_version,
+                    scored_at=now,
+                )
+                outputs.append(Output(topics.relevance_scores, report.key(), encode(report)))
+            if missing:
+                outputs.append(self._unknown_product_letter(rec, ev, missing))
         if unknown:
             log.warning("unknown_products", count=len(unknown), sample=sorted(unknown)[:5])
-            outputs.extend(self._unknown_product_letters(events, unknown))
         touched: set[WindowKey] = set()
         for (rec, ev), scores in zip(events, by_event, strict=True):
             key = self.ab.add(ev, rec.partition, rec.offset, scores)
@@ -177,33 +179,24 @@ class QueryProcessor:
             outputs.append(Output(topics.ab_metrics, metrics.key(), encode(metrics)))
         return outputs
 
-    def _unknown_product_letters(
-        self, events: Sequence[tuple[ConsumerRecord, QueryLog]], unknown: set[str]
-    ) -> list[Output]:
-        """A dead letter per query log naming products without an embedding, beside its scores.
+    def _unknown_product_letter(self, rec: ConsumerRecord, ev: QueryLog, missing: list[Impression]) -> Output:
+        """The dead letter of a query log naming products without an embedding, beside its scores.
 
         The event is not dropped (its known products are scored and its A/B counts kept), but it was
         not fully processed: the letter puts it where operators look for inputs to inspect or replay
         once the catalogue has caught up (a replay overwrites scores and this letter, by key).
         """
-        letters = []
-        for rec, ev in events:
-            missing = sorted({imp.product_id for imp in ev.impressions if imp.product_id in unknown})
-            if not missing:
-                continue
-            error = EventError(
-                "unknown_product",
-                f"{len(missing)} of {len(ev.impressions)} shown products have no embedding after "
-                f"{self.settings.worker.unknown_product_wait_s:g} s (first: {', '.join(missing[:5])}); "
-                "they were reported with status=unknown_product, the others scored and counted",
-                "impressions",
-            )
-            letters.append(
-                dead_letter(
-                    rec, error, self.settings.topics.dead_letter, self.settings.worker.name, ev.event_id
-                )
-            )
-        return letters
+        ids = sorted({imp.product_id for imp in missing})
+        error = EventError(
+            "unknown_product",
+            f"{len(ids)} of {len(ev.impressions)} shown products have no embedding after "
+            f"{self.settings.worker.unknown_product_wait_s:g} s (first: {', '.join(ids[:5])}); "
+            "they were reported with status=unknown_product, the others scored and counted",
+            "impressions",
+        )
+        return dead_letter(
+            rec, error, self.settings.topics.dead_letter, self.settings.worker.name, ev.event_id
+        )
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         """Restore the A/B partials of the partitions taken over, so nothing is counted twice."""
