@@ -242,14 +242,18 @@ class WorkerProcess:
     def count(self, event: str) -> int:
         return sum(1 for e in self.log_events() if e.get("event") == event)
 
-    def healthz(self) -> int | None:
+    def probe(self, path: str) -> int | None:
+        """HTTP status of one of the worker's probes (`/healthz`, `/readyz`), None when it does not answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2) as r:
                 return int(r.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
         except (urllib.error.URLError, OSError):
             return None
+
+    def healthz(self) -> int | None:
+        return self.probe("/healthz")
 
 
 # --------------------------------------------------------------------------- waiting and reading
@@ -631,6 +635,13 @@ class Sizes:
         )
 
 
+def seeded_query_logs(stack: Stack, settings: Settings, count: int, seed: int, prefix: str) -> list[QueryLog]:
+    """Write the stack's product embeddings to the scenario's state topic; query logs over those products."""
+    embeddings = stack.embeddings()
+    seed_state(settings, embeddings)
+    return query_logs([e.product_id for e in embeddings], count, seed, prefix)
+
+
 def _progress(settings: Settings, group: str) -> int:
     return sum(committed_offsets(settings, group, settings.topics.query_logs).values())
 
@@ -641,9 +652,7 @@ def scenario_worker_kill(stack: Stack, sizes: Sizes, seed: int = 1) -> ScenarioR
     settings = fresh_settings(stack.broker.bootstrap, stack.triton.grpc_url)
     w = WorkerProcess(settings, "query", stack.log_dir, f"kill-{settings.worker.name}")
     with timed(result, lambda: [w]):
-        embeddings = stack.embeddings()
-        seed_state(settings, embeddings)
-        events = query_logs([e.product_id for e in embeddings], sizes.kill_events, seed, f"k{seed}")
+        events = seeded_query_logs(stack, settings, sizes.kill_events, seed, f"k{seed}")
         w.start()
         # the stream must outlast the kills (a restart + group join takes ~5-10 s), or the worker catches
         # up and there is nothing left to kill it in the middle of
@@ -689,9 +698,7 @@ def scenario_triton_kill(stack: Stack, sizes: Sizes, seed: int = 2) -> ScenarioR
     settings = fresh_settings(stack.broker.bootstrap, stack.triton.grpc_url)
     w = WorkerProcess(settings, "query", stack.log_dir, f"triton-{settings.worker.name}")
     with timed(result, lambda: [w]):
-        embeddings = stack.embeddings()
-        seed_state(settings, embeddings)
-        events = query_logs([e.product_id for e in embeddings], sizes.triton_events, seed, f"t{seed}")
+        events = seeded_query_logs(stack, settings, sizes.triton_events, seed, f"t{seed}")
         w.start()
         group, topic = settings.worker.query_group, settings.topics.query_logs
         stream = Stream(settings, topic, query_values(events), sizes.rate).start()
@@ -748,9 +755,7 @@ def scenario_group_member_kill(stack: Stack, sizes: Sizes, seed: int = 3) -> Sce
     a = WorkerProcess(settings, "query", stack.log_dir, f"grpA-{settings.worker.name}")
     b = WorkerProcess(settings, "query", stack.log_dir, f"grpB-{settings.worker.name}")
     with timed(result, lambda: [a, b]):
-        embeddings = stack.embeddings()
-        seed_state(settings, embeddings)
-        events = query_logs([e.product_id for e in embeddings], sizes.group_events, seed, f"g{seed}")
+        events = seeded_query_logs(stack, settings, sizes.group_events, seed, f"g{seed}")
         a.start()
         b.start()
         group, topic = settings.worker.query_group, settings.topics.query_logs
@@ -806,9 +811,7 @@ def scenario_broker_late(stack: Stack, sizes: Sizes, seed: int = 4) -> ScenarioR
         retries_before_broker = w.count("dependency_unavailable")
         alive_without_broker = w.alive()
         broker.start()
-        embeddings = stack.embeddings()
-        seed_state(settings, embeddings)
-        events = query_logs([e.product_id for e in embeddings], sizes.broker_events, seed, f"b{seed}")
+        events = seeded_query_logs(stack, settings, sizes.broker_events, seed, f"b{seed}")
         stream = Stream(settings, settings.topics.query_logs, query_values(events), sizes.rate).start()
         stream.join(300)
         group = settings.worker.query_group
@@ -839,9 +842,7 @@ def scenario_broker_restart(stack: Stack, sizes: Sizes, seed: int = 5) -> Scenar
     settings.kafka.request_timeout_ms = 10_000
     w = WorkerProcess(settings, "query", stack.log_dir, f"brk-{settings.worker.name}")
     with timed(result, lambda: [w]):
-        embeddings = stack.embeddings()
-        seed_state(settings, embeddings)
-        events = query_logs([e.product_id for e in embeddings], sizes.restart_events, seed, f"x{seed}")
+        events = seeded_query_logs(stack, settings, sizes.restart_events, seed, f"x{seed}")
         w.start()
         group, topic = settings.worker.query_group, settings.topics.query_logs
         # slow enough that the stream is still flowing when the broker comes back; larger batches,

@@ -7,8 +7,6 @@ logs, its HTTP probes and SIGTERM are the real ones."""
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,17 +24,6 @@ from worker.local_services import LocalBroker, LocalTriton
 from worker.triton_client import RelevanceClient
 
 RETRY_MAX_S = 0.5  # QL_WORKER_STARTUP_RETRY_MAX_S: the production default (10 s) would slow the test
-
-
-def probe(worker: WorkerProcess, path: str) -> int | None:
-    """HTTP status of one of the worker's probes (`/healthz`, `/readyz`), None when it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}{path}", timeout=2) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def topic_waits(worker: WorkerProcess) -> list[dict[str, Any]]:
@@ -66,7 +53,7 @@ def test_query_worker_waits_for_missing_topics_then_scores(
         assert topics.product_embeddings in last["topics"] and topics.query_logs in last["topics"]
         assert 0 < last["retry_in_s"] <= RETRY_MAX_S
         assert worker.alive() and worker.starts == 1
-        assert (probe(worker, "/healthz"), probe(worker, "/readyz")) == (200, 503)
+        assert (worker.probe("/healthz"), worker.probe("/readyz")) == (200, 503)
 
         # topic-init runs; a product worker's output and a query log arrive
         create_topics(settings.kafka, topics)
@@ -104,7 +91,7 @@ def test_query_worker_waits_for_missing_topics_then_scores(
         score = decode_event(RelevanceScore, value)
         assert score.status == "scored" and score.score is not None
         assert score.score == pytest.approx(expected.score, abs=1e-6)
-        assert probe(worker, "/readyz") == 200
+        assert worker.probe("/readyz") == 200
         assert worker.alive() and worker.starts == 1
     finally:
         code = worker.stop()
