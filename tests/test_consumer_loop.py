@@ -63,27 +63,37 @@ class FlakyTakeOver:
         return None
 
 
-def test_failed_take_over_is_retried_and_holds_the_partitions(broker: LocalBroker) -> None:
+def _settings_with_records(broker: LocalBroker, count: int) -> Settings:
+    """Fresh topics on the broker, with `count` opaque records on the query-log topic."""
     settings = make_settings(broker)
-    topics = settings.topics
-    create_topics(settings.kafka, topics)
+    create_topics(settings.kafka, settings.topics)
     producer = make_producer(settings.kafka)
-    for i in range(30):
-        producer.send(topics.query_logs, key=f"k{i}".encode(), value=f"v{i}".encode())
+    for i in range(count):
+        producer.send(settings.topics.query_logs, key=f"k{i}".encode(), value=f"v{i}".encode())
     producer.flush(30)
     producer.close()
+    return settings
 
-    processor = FlakyTakeOver(topics.relevance_scores, failures=2)
+
+def _loop(settings: Settings, processor: FlakyTakeOver) -> ConsumerLoop:
     group = settings.worker.query_group
-    loop = ConsumerLoop(
+    return ConsumerLoop(
         settings,
-        topics.query_logs,
+        settings.topics.query_logs,
         group,
         processor,
         make_consumer(settings.kafka, group),
         make_producer(settings.kafka),
         Liveness(),
     )
+
+
+def test_failed_take_over_is_retried_and_holds_the_partitions(broker: LocalBroker) -> None:
+    settings = _settings_with_records(broker, 30)
+    topics = settings.topics
+    processor = FlakyTakeOver(topics.relevance_scores, failures=2)
+    group = settings.worker.query_group
+    loop = _loop(settings, processor)
     stop = threading.Event()
     runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     started = time.monotonic()
@@ -110,31 +120,12 @@ def test_failed_take_over_is_retried_and_holds_the_partitions(broker: LocalBroke
     assert committed == 30
 
 
-def _loop(settings: Settings, processor: FlakyTakeOver) -> ConsumerLoop:
-    group = settings.worker.query_group
-    return ConsumerLoop(
-        settings,
-        settings.topics.query_logs,
-        group,
-        processor,
-        make_consumer(settings.kafka, group),
-        make_producer(settings.kafka),
-        Liveness(),
-    )
-
-
 def test_rebalance_during_a_backoff_never_processes_a_partition_not_taken_over(broker: LocalBroker) -> None:
     """A worker holds a batch while Triton is down; a second member joins, so the group rebalances
     under it. It must drop (and rewind) what it holds of partitions given away or given back, and
     process nothing before a take-over; together the two members process every record."""
-    settings = make_settings(broker)
+    settings = _settings_with_records(broker, 60)
     topics = settings.topics
-    create_topics(settings.kafka, topics)
-    producer = make_producer(settings.kafka)
-    for i in range(60):
-        producer.send(topics.query_logs, key=f"k{i}".encode(), value=f"v{i}".encode())
-    producer.flush(30)
-    producer.close()
 
     down = threading.Event()
     down.set()
