@@ -17,10 +17,11 @@ from kafka.structs import TopicPartition
 
 from tests.conftest import make_settings, wait_until
 from worker.config import Settings
-from worker.consumer_loop import ConsumerLoop, Output
+from worker.consumer_loop import ConsumerLoop
 from worker.kafka_io import create_topics, make_consumer, make_producer
 from worker.local_services import LocalBroker
 from worker.observability import Liveness
+from worker.outputs import Output
 from worker.triton_client import TritonUnavailable
 
 

@@ -14,8 +14,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -24,31 +22,21 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from schemas import DeadLetter, EventError, encode
 from worker.config import Settings
 from worker.kafka_io import make_producer
 from worker.observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
-    DEAD_LETTERS,
     E2E_LATENCY,
     EVENTS_IN,
     EVENTS_OUT,
     TRITON_RETRIES,
     Liveness,
 )
+from worker.outputs import Output
 from worker.triton_client import TritonUnavailable
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class Output:
-    """One record to produce; `value=None` is a tombstone (a delete in a compacted topic)."""
-
-    topic: str
-    key: bytes
-    value: bytes | None
 
 
 class BatchProcessor(Protocol):
@@ -63,42 +51,6 @@ class BatchProcessor(Protocol):
     def on_revoked(self, partitions: set[TopicPartition]) -> None: ...
 
     def idle(self) -> None: ...
-
-
-def dead_letter(
-    record: ConsumerRecord, error: Exception, topic: str, worker: str, event_id: str | None = None
-) -> Output:
-    """Wrap an input that cannot be processed; keyed by its coordinates so a replay overwrites it.
-
-    The letter is bounded (`DeadLetter.from_input`): an input near the event size limit must not
-    become an output the broker refuses, which would stall the partition in `_publish`.
-    """
-    letter = DeadLetter.from_input(
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        reason=error.reason if isinstance(error, EventError) else type(error).__name__,
-        error_class=type(error).__name__,
-        error_message=str(error),
-        event_id=event_id,
-        worker=worker,
-        failed_at=datetime.now(UTC),
-    )
-    DEAD_LETTERS.labels(record.topic, letter.reason).inc()
-    log.warning(
-        "dead_letter",
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        reason=letter.reason,
-        error=letter.error_message[:200],
-        event_id=event_id,
-        original_size=letter.original_size,
-        original_truncated=letter.original_truncated,
-    )
-    return Output(topic, f"{record.topic}:{record.partition}:{record.offset}".encode(), encode(letter))
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -11,9 +11,9 @@ from kafka.structs import TopicPartition
 
 from schemas import EventError, ProductEmbedding, ProductUpsert, decode_event, encode
 from worker.config import Settings
-from worker.consumer_loop import Output, dead_letter
 from worker.images import resolve_image
 from worker.observability import TRITON_LATENCY
+from worker.outputs import Output, dead_letter
 from worker.triton_client import RelevanceClient
 
 log = structlog.get_logger()

@@ -24,8 +24,8 @@ from schemas import (
 )
 from worker.ab_metrics import ABAggregator, WindowKey
 from worker.config import Settings
-from worker.consumer_loop import Output, dead_letter
 from worker.observability import STATE_PRODUCTS, STATE_REJECTED, TRITON_LATENCY, UNKNOWN_PRODUCTS
+from worker.outputs import Output, dead_letter
 from worker.state_reader import TopicReader
 from worker.triton_client import RelevanceClient
 
