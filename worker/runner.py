@@ -16,8 +16,10 @@ import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
+from worker.backoff import FIRST_RETRY_S, Backoff
 from worker.config import Settings
 from worker.consumer_loop import ConsumerLoop
+from worker.dependency import DependencyUnavailable
 from worker.kafka_io import TopicsMissing, make_consumer, make_producer, require_topics
 from worker.observability import Liveness, configure_logging, serve_metrics
 from worker.product_path import ProductProcessor
@@ -33,7 +35,7 @@ def retry_until(
     what: str,
     make: Callable[[], T],
     stop: threading.Event,
-    max_delay_s: float = 10.0,
+    max_delay_s: float,
     liveness: Liveness | None = None,
 ) -> T | None:
     """Retry `make` with capped exponential backoff until it works or `stop` is set (no crash loop).
@@ -43,13 +45,14 @@ def retry_until(
     Each failure is a `dependency_unavailable` warning (with `topics` when topics are missing); the
     wait beats `liveness`: a worker waiting for a dependency is alive, only not ready.
     """
-    delay = min(0.5, max_delay_s)
+    backoff = Backoff(FIRST_RETRY_S, max_delay_s)
     while not stop.is_set():
         if liveness is not None:
             liveness.beat()
         try:
             return make()
-        except (KafkaError, TritonUnavailable, TimeoutError, OSError) as exc:
+        except (KafkaError, DependencyUnavailable, TimeoutError, OSError) as exc:
+            delay = backoff.next()
             detail = {"topics": exc.topics} if isinstance(exc, TopicsMissing) else {}
             log.warning(
                 "dependency_unavailable",
@@ -61,7 +64,6 @@ def retry_until(
             if liveness is not None:
                 liveness.beat()
             stop.wait(delay)
-            delay = min(delay * 2, max_delay_s)
     return None
 
 

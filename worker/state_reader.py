@@ -13,6 +13,7 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
+from worker.backoff import Backoff
 from worker.config import KafkaSettings
 from worker.kafka_io import TopicsMissing, make_consumer
 
@@ -25,12 +26,12 @@ class TopicReader:
         self.topic = topic
         self.consumer: KafkaConsumer = make_consumer(kafka, None, max_poll_records=2000)
         try:
-            deadline = time.monotonic() + timeout_s
+            deadline, backoff = time.monotonic() + timeout_s, Backoff(0.2, cap=1.0)
             partitions = self.consumer.partitions_for_topic(topic)
             while not partitions:
                 if time.monotonic() > deadline:
                     raise TopicsMissing([topic])  # a KafkaError: retried by the caller, not a crash
-                time.sleep(0.2)
+                time.sleep(backoff.next())
                 partitions = self.consumer.partitions_for_topic(topic)
             self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
             self.consumer.assign(self.partitions)

@@ -16,7 +16,6 @@ a `TritonRequestError` (a bug or a contract mismatch: retrying would not help).
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,9 @@ from typing import Any, TypeVar
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
+from worker.backoff import Backoff
 from worker.config import TritonSettings
+from worker.dependency import DependencyUnavailable
 
 PRODUCT_MODEL = "product_embedding"
 QUERY_MODEL = "query_relevance"
@@ -59,8 +60,10 @@ _TRANSIENT_TEXT = (
 T = TypeVar("T")
 
 
-class TritonUnavailable(RuntimeError):
+class TritonUnavailable(DependencyUnavailable):
     """Transient: Triton is down, overloaded or not ready after the retry budget. Retry the batch later."""
+
+    dependency = "triton"
 
 
 class TritonRequestError(RuntimeError):
@@ -296,7 +299,7 @@ class RelevanceClient:
 
     def _call(self, fn: Callable[[], T], what: str = "request") -> T:
         """Run ``fn``; retry transient failures with capped exponential backoff + jitter."""
-        delay = self.settings.retry_initial_s
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s, jitter=0.5)
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return fn()
@@ -309,6 +312,5 @@ class RelevanceClient:
                     raise TritonUnavailable(
                         f"Triton {what} at {self.settings.url} unavailable after {attempt} attempts: {exc}"
                     ) from exc
-                self._sleep(min(delay, self.settings.retry_max_s) * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, self.settings.retry_max_s)
+                self._sleep(backoff.next())
         raise AssertionError("unreachable")
