@@ -1,8 +1,13 @@
-"""Shared pydantic building blocks: strict models, bounded ids and strings."""
+"""Shared pydantic building blocks: strict models, bounded ids and strings, model versions.
+
+Compatibility policy (docs/contracts.md): within a schema version fields are only ever added, as
+optional ones, so every reader ignores fields it does not know. `StrictModel` (the records this
+project writes) drops them; `InputModel` (events from other teams' producers) keeps them aside, so
+the worker can count which unknown fields arrive (`unknown_fields`) before ignoring them.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
@@ -11,9 +16,30 @@ from schemas.limits import LIMITS
 
 
 class StrictModel(BaseModel):
-    """No coercion, no unknown fields, no NaN/inf: hostile input fails loudly, per field."""
+    """No coercion, no NaN/inf: hostile input fails loudly, per field; unknown fields are ignored."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False, frozen=True)
+
+
+class InputModel(StrictModel):
+    """An inbound event: like `StrictModel`, but unknown fields are kept aside to be counted.
+
+    They are never used: `unknown_fields` lists their dotted paths and nothing else reads them.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    def unknown_fields(self, prefix: str = "") -> list[str]:
+        """Dotted paths of the fields this version does not define, nested events included."""
+        found = [f"{prefix}{name}" for name in (self.model_extra or {})]
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            children = value if isinstance(value, list) else [value]
+            for i, child in enumerate(children):
+                if isinstance(child, InputModel):
+                    where = f"{name}.{i}." if isinstance(value, list) else f"{name}."
+                    found.extend(child.unknown_fields(prefix + where))
+        return found
 
 
 Identifier = Annotated[
@@ -29,8 +55,8 @@ Variant = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=
 # JSON has no datetime type: accept ISO-8601 strings even in strict mode, but require a timezone.
 EventTime = Annotated[AwareDatetime, Field(strict=False)]
 
-
-def utc_now() -> datetime:
-    from datetime import UTC
-
-    return datetime.now(UTC)
+ModelVersion = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+"""A served model's version (e.g. `querylife-v1-5e4a6295a6`). Topic-name safe: the embeddings of
+version V live in the topic `<embeddings prefix>.V` (docs/contracts.md)."""

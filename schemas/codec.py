@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -32,11 +33,39 @@ def from_validation_error(exc: ValidationError) -> EventError:
     detail = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in errors[:5])
     if len(errors) > 5:
         detail += f"; ... {len(errors) - 5} more"
-    return EventError(first["type"], detail, _field_path(first["loc"]))
+    reason = first["type"]
+    if first["loc"][-1:] == ("schema_version",) and reason in ("literal_error", "union_tag_invalid"):
+        # a newer producer's version: its fields may mean something else, so it is not guessed at
+        reason = "unsupported_schema_version"
+    return EventError(reason, detail, _field_path(first["loc"]))
 
 
 def decode_event(model: type[M], raw: bytes | None, max_bytes: int = LIMITS.max_event_bytes) -> M:
     """Parse and validate one Kafka value. Never raises anything but `EventError`."""
+    return _validate(model, _parse(raw, max_bytes))
+
+
+def decode_versioned(
+    models: Mapping[int, type[M]], raw: bytes | None, max_bytes: int = LIMITS.max_event_bytes
+) -> M:
+    """Parse one Kafka value of a topic that may hold several schema versions of one record.
+
+    `schema_version` picks the model (absent means 1: the first records had it as a default); an
+    unknown one is `unsupported_schema_version`. Never raises anything but `EventError`.
+    """
+    obj = _parse(raw, max_bytes)
+    version = obj.get("schema_version", 1)
+    model = models.get(version) if type(version) is int else None
+    if model is None:
+        raise EventError(
+            "unsupported_schema_version",
+            f"schema_version {str(version)[:20]!r} is not one of {sorted(models)}",
+            "schema_version",
+        )
+    return _validate(model, obj)
+
+
+def _parse(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     if raw is None:
         raise EventError("null_value", "record has no value")
     if len(raw) > max_bytes:
@@ -48,6 +77,10 @@ def decode_event(model: type[M], raw: bytes | None, max_bytes: int = LIMITS.max_
         raise EventError(reason, str(exc)[:300]) from None
     if not isinstance(obj, dict):
         raise EventError("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _validate(model: type[M], obj: dict[str, Any]) -> M:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:

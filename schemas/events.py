@@ -1,4 +1,9 @@
-"""Inbound events: catalogue changes (`ProductUpsert`) and search logs (`QueryLog`)."""
+"""Inbound events: catalogue changes (`ProductUpsert`) and search logs (`QueryLog`).
+
+Both are `InputModel`s: fields a newer producer adds are accepted, counted and ignored
+(docs/contracts.md, "Compatibility"); a `schema_version` this worker does not know is refused
+(`unsupported_schema_version`), since its meaning may have changed.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.base import EventTime, Identifier, StrictModel, Variant
+from schemas.base import EventTime, Identifier, InputModel, Variant
 from schemas.limits import LIMITS
 
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
@@ -27,7 +32,7 @@ def sniff_image_format(data: bytes) -> str | None:
     return None
 
 
-class ProductImage(StrictModel):
+class ProductImage(InputModel):
     """A product image: inline base64 bytes, or a path relative to the worker's image root.
 
     URLs are refused on purpose (no server-side fetching of attacker-chosen addresses), and paths
@@ -103,9 +108,12 @@ Title = Annotated[
 AttributeValue = Annotated[str, StringConstraints(max_length=LIMITS.max_attribute_chars)]
 AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z_]+$")]
 ProductType = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+QueryText = Annotated[
+    str, StringConstraints(min_length=1, max_length=LIMITS.max_query_chars, strip_whitespace=True)
+]
 
 
-class ProductUpsert(StrictModel):
+class ProductUpsert(InputModel):
     """A catalogue change. `op=delete` needs only the id; an upsert needs a type and a title or image."""
 
     schema_version: Literal[1] = 1
@@ -130,7 +138,7 @@ class ProductUpsert(StrictModel):
         return self
 
 
-class Impression(StrictModel):
+class Impression(InputModel):
     """One product shown for a query, and what the user did with it."""
 
     product_id: Identifier
@@ -139,18 +147,22 @@ class Impression(StrictModel):
     ordered: bool = False
 
 
-class QueryLog(StrictModel):
-    """One search: the query, the A/B variant that ranked it, and the impressions it produced."""
+class QueryLog(InputModel):
+    """One search: the query, the A/B variant that ranked it, and the impressions it produced.
+
+    Producers key it by its randomisation unit, `unit_key()`, so that all of one user's searches
+    meet in one partition (docs/contracts.md). `experiment_id` was added within version 1 as an
+    optional field: without it the search belongs to no declared experiment.
+    """
 
     schema_version: Literal[1] = 1
     event_id: Identifier
     event_time: EventTime
     query_id: Identifier
-    query: Annotated[
-        str, StringConstraints(min_length=1, max_length=LIMITS.max_query_chars, strip_whitespace=True)
-    ]
+    query: QueryText
     user_id: Identifier | None = None
     session_id: Identifier | None = None
+    experiment_id: Identifier | None = None
     variant: Variant
     impressions: list[Impression] = Field(min_length=1, max_length=LIMITS.max_impressions)
 
@@ -160,3 +172,11 @@ class QueryLog(StrictModel):
         if len({imp.product_id for imp in value}) != len(value):
             raise PydanticCustomError("duplicate_impression", "a product is listed twice in impressions")
         return value
+
+    def unit_key(self) -> bytes:
+        """The Kafka key producers give it: the user, else the session, else the search itself.
+
+        Sessions belong to one user, so keying by user keeps every user-, session- and query-level
+        randomisation unit inside one partition.
+        """
+        return (self.user_id or self.session_id or self.query_id).encode()

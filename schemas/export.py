@@ -13,29 +13,42 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel
 
+from schemas.base import InputModel
+from schemas.embeddings import ProductEmbeddingV2
 from schemas.events import ProductUpsert, QueryLog
+from schemas.experiments import ABMetricsV2, Experiment
+from schemas.lifecycle import ShadowScores
 from schemas.outputs import ABMetrics, DeadLetter, ProductEmbedding, RelevanceScore
+from schemas.ranker import QueryScores, RelevanceEntry, ScoreReply, ScoreRequest
 
-RECORDS: dict[str, type[BaseModel]] = {
-    "product_upsert": ProductUpsert,
-    "query_log": QueryLog,
-    "product_embedding": ProductEmbedding,
-    "relevance_score": RelevanceScore,
-    "ab_metrics": ABMetrics,
-    "dead_letter": DeadLetter,
+RECORDS: dict[tuple[str, int], type[BaseModel]] = {
+    ("product_upsert", 1): ProductUpsert,
+    ("query_log", 1): QueryLog,
+    ("score_request", 1): ScoreRequest,
+    ("product_embedding", 1): ProductEmbedding,
+    ("product_embedding", 2): ProductEmbeddingV2,
+    ("relevance_score", 1): RelevanceScore,
+    ("query_scores", 1): QueryScores,
+    ("relevance_entry", 1): RelevanceEntry,
+    ("score_reply", 1): ScoreReply,
+    ("ab_metrics", 1): ABMetrics,
+    ("ab_metrics", 2): ABMetricsV2,
+    ("experiment", 1): Experiment,
+    ("shadow_scores", 1): ShadowScores,
+    ("dead_letter", 1): DeadLetter,
 }
+"""(record name, schema version) -> model; docs/contracts.md says which topic holds each."""
 OUT_DIR = Path(__file__).parent / "json"
 
 
 def rendered() -> dict[str, bytes]:
     """File name -> JSON Schema bytes (validation mode for inputs, serialisation mode for outputs)."""
     files = {}
-    for name, model in RECORDS.items():
-        mode: Literal["validation", "serialization"] = (
-            "validation" if model in (ProductUpsert, QueryLog) else "serialization"
-        )
+    for (name, version), model in RECORDS.items():
+        is_input = issubclass(model, InputModel) or model is Experiment
+        mode: Literal["validation", "serialization"] = "validation" if is_input else "serialization"
         schema = model.model_json_schema(mode=mode)
-        files[f"{name}.v1.schema.json"] = (
+        files[f"{name}.v{version}.schema.json"] = (
             orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
         )
     return files
