@@ -461,7 +461,6 @@ def profile_query_path(settings: Settings, events: list[Any], out: Path) -> None
     loop.run(stop)
     prof.disable()
     elapsed = time.perf_counter() - started
-    loop.producer.close(timeout=5)
     scores.close()
     buf = io.StringIO()
     buf.write(f"query path, {len(events)} events ({expected} pairs) in {elapsed:.1f} s, one thread\n\n")

@@ -16,6 +16,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from tests.conftest import make_settings, wait_until
+from worker.backoff import Backoff
 from worker.config import Settings
 from worker.consumer_loop import ConsumerLoop
 from worker.kafka_io import create_topics, make_consumer, make_producer
@@ -102,7 +103,7 @@ def test_failed_take_over_is_retried_and_holds_the_partitions(broker: LocalBroke
     try:
         wait_until("all 30 records processed", lambda: len(set(processor.seen)) == 30, 90)
         taken = set(processor.taken)
-        deferred = set(loop.deferred)
+        deferred = set(loop.pausing.deferred)
     finally:
         stop.set()
         runner.join(30)
@@ -156,3 +157,13 @@ def test_rebalance_during_a_backoff_never_processes_a_partition_not_taken_over(b
     committed = sum(consumer.committed(tp) or 0 for tp in tps)
     consumer.close(autocommit=False)
     assert committed == 60
+
+
+def test_backoff_doubles_up_to_its_cap_jitters_and_resets() -> None:
+    backoff = Backoff(0.5, cap=3.0)
+    assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff.reset()
+    assert backoff.next() == 0.5
+    jittered = Backoff(1.0, cap=1.0, jitter=0.2)
+    assert all(0.8 <= jittered.next() <= 1.2 for _ in range(100))
+    assert Backoff(5.0, cap=2.0).next() == 2.0  # a first delay above the cap is capped

@@ -194,6 +194,9 @@ class WorkerSettings(BaseSettings):
     # Cap of the backoff while a path waits at start for Triton, Kafka or its topics (topic-init may
     # run after the workers); below /healthz's 60 s silence limit, since a waiting worker is alive.
     startup_retry_max_s: float = Field(default=10.0, gt=0, le=30)
+    # Cap of the backoff while the broker is away mid-stream (polls, publishes, take-overs of
+    # partitions); the waits keep beating /healthz, the cap bounds how late a worker resumes.
+    retry_max_s: float = Field(default=10.0, gt=0, le=30)
     name: str = Field(default="worker", max_length=64)
 
 

@@ -127,8 +127,7 @@ def _run_path(
     try:
         loop = build_loop(path, settings, stop, liveness)
         if loop is not None:
-            loop.run(stop)
-            loop.producer.close(timeout=10)
+            loop.run(stop)  # closes its consumer and producer
     except BaseException as exc:  # surfaced by run_worker; the other path is stopped too
         log.exception("path_crashed", path=path)
         errors.append(exc)
