@@ -40,6 +40,11 @@ CONSUMER_LAG = Gauge("querylife_consumer_lag", "High watermark minus position", 
 TRITON_RETRIES = Counter("querylife_triton_retries_total", "Batches retried because Triton was unavailable")
 UNKNOWN_PRODUCTS = Counter("querylife_unknown_products_total", "Impressions whose product had no embedding")
 STATE_PRODUCTS = Gauge("querylife_state_products", "Product embeddings held by a query worker")
+UNKNOWN_INPUT_FIELDS = Counter(
+    "querylife_unknown_input_fields_total",
+    "Input fields this schema version does not define: accepted and ignored (label set capped)",
+    ["topic", "field"],
+)
 STATE_REJECTED = Counter(
     "querylife_state_records_rejected_total",
     "Embedding-state records a query worker ignored (no key, undecodable, wrong embedding width)",

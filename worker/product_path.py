@@ -9,9 +9,10 @@ import structlog
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from schemas import EventError, ProductEmbedding, ProductUpsert, decode_event, encode
+from schemas import EventError, ProductEmbedding, ProductUpsert, encode
 from worker.config import Settings
 from worker.images import resolve_image
+from worker.inputs import decode_input
 from worker.observability import TRITON_LATENCY
 from worker.outputs import Output, dead_letter
 from worker.triton_client import RelevanceClient
@@ -37,7 +38,7 @@ class ProductProcessor:
         for rec in records:
             event_id: str | None = None
             try:
-                event = decode_event(ProductUpsert, rec.value)
+                event = decode_input(ProductUpsert, rec)
                 event_id = event.event_id
                 if event.op == "delete":
                     outputs.append(Output(topics.product_embeddings, event.product_id.encode(), None))

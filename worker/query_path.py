@@ -15,15 +15,17 @@ from schemas import (
     ABMetrics,
     EventError,
     Impression,
-    ProductEmbedding,
     QueryLog,
     RelevanceScore,
     ScoreLabel,
     decode_event,
+    decode_product_embedding,
     encode,
 )
+from schemas.embeddings import embedding_array
 from worker.ab_metrics import ABAggregator, WindowKey
 from worker.config import Settings
+from worker.inputs import decode_input
 from worker.observability import STATE_PRODUCTS, STATE_REJECTED, TRITON_LATENCY, UNKNOWN_PRODUCTS
 from worker.outputs import Output, dead_letter
 from worker.state_reader import TopicReader
@@ -58,18 +60,18 @@ class EmbeddingState:
         if rec.value is None:
             self.vectors.pop(key, None)  # tombstone: product deleted
             return
-        try:
-            state = decode_event(ProductEmbedding, rec.value, max_bytes=1 << 20)
+        try:  # v1 (JSON floats) and v2 (binary vector) records may share a topic during migration
+            vector = embedding_array(decode_product_embedding(rec.value))
         except EventError as exc:
             self._reject(key, exc.reason)
             return
-        if len(state.embedding) != self.dim:
+        if vector.shape[0] != self.dim:
             # The latest record of this product is unusable (a restart would not see an older one
             # either): the product is unknown until a valid embedding arrives.
             self.vectors.pop(key, None)
-            self._reject(key, "embedding_dim", dim=len(state.embedding), expected=self.dim)
+            self._reject(key, "embedding_dim", dim=vector.shape[0], expected=self.dim)
             return
-        self.vectors[key] = np.asarray(state.embedding, dtype=np.float32)
+        self.vectors[key] = vector
 
     def load(self) -> int:
         started = time.monotonic()
@@ -114,7 +116,7 @@ class QueryProcessor:
         events: list[tuple[ConsumerRecord, QueryLog]] = []
         for rec in records:
             try:
-                events.append((rec, decode_event(QueryLog, rec.value)))
+                events.append((rec, decode_input(QueryLog, rec)))
             except EventError as exc:
                 outputs.append(dead_letter(rec, exc, topics.dead_letter, worker))
         shown = {imp.product_id for _, ev in events for imp in ev.impressions}
