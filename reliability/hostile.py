@@ -7,7 +7,10 @@ thousands of impressions, bad identifiers, corrupt / truncated / bomb / multi-fr
 unsupported formats (GIF, BMP, TIFF), path traversal, absolute paths, symlinks and FIFOs under the
 image root, and URLs (SSRF). Every case must be dead-lettered with a specific reason. Unknown
 product ids in an otherwise valid query log get the letter `unknown_product` and, beside it, a
-`RelevanceScore(status="unknown_product")` per missing product (counted as *reported*).
+`RelevanceScore(status="unknown_product")` per missing product (counted as *reported*). Events
+that differ from valid ones only by fields their schema version does not define are *accepted*: the
+compatibility policy (docs/contracts.md) says a newer producer's added field is ignored, so they
+must be scored and never dead-lettered.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class Case:
     expect: frozenset[str] = frozenset({ANY})
     reported: bool = False  # also needs `unknown_product` scores beside its dead letter
     key: bytes | None = None
+    accepted: bool = False  # valid under the compatibility policy: scored, no dead letter
 
 
 def _r(*reasons: str) -> frozenset[str]:
@@ -155,15 +159,12 @@ def _bad_impressions(product_ids: list[str]) -> st.SearchStrategy[bytes]:
         st.text(max_size=5),
         st.booleans(),
     )
-    impressions = st.one_of(
+    impressions: st.SearchStrategy[Any] = st.one_of(
         st.just([]),
         st.text(max_size=10),
         st.integers(),
         st.lists(st.integers(), min_size=1, max_size=3),
         position.map(lambda p: [{"product_id": product_ids[0], "position": p}]),
-        st.dictionaries(st.sampled_from(["x", "foo", "score"]), st.integers(), min_size=1).map(
-            lambda extra: [{"product_id": product_ids[0], "position": 1, **extra}]
-        ),
     )
 
     def build(args: tuple[int, Any]) -> bytes:
@@ -189,16 +190,18 @@ def _missing(product_ids: list[str]) -> st.SearchStrategy[bytes]:
 
 
 def _unknown_fields(product_ids: list[str]) -> st.SearchStrategy[bytes]:
+    """Valid logs with fields a newer producer might add, at the top level or in an impression."""
     known = {"schema_version", "event_id", "event_time", "query_id", "query", "user_id", "session_id"}
-    known |= {"variant", "impressions"}
+    known |= {"experiment_id", "variant", "impressions", "product_id", "position", "clicked", "ordered"}
     names = st.text(min_size=1, max_size=20).filter(lambda s: s not in known)
 
-    def build(args: tuple[int, str, Any]) -> bytes:
-        doc = valid_query(args[0], product_ids)
-        doc[args[1]] = args[2]
+    def build(args: tuple[int, str, Any, bool]) -> bytes:
+        n, name, value, nested = args
+        doc = valid_query(n, product_ids)
+        (doc["impressions"][0] if nested else doc)[name] = value
         return _j(doc)
 
-    return st.tuples(st.integers(0, 10**6), names, JUNK | st.text(max_size=10)).map(build)
+    return st.tuples(st.integers(0, 10**6), names, JUNK | st.text(max_size=10), st.booleans()).map(build)
 
 
 def _bad_ids(product_ids: list[str]) -> st.SearchStrategy[bytes]:
@@ -407,7 +410,7 @@ def hand_made(product_ids: list[str]) -> list[Case]:
             _r("duplicate_impression"),
         ),
         Case(QUERY, "no impressions", _j(q(8, [])), _r("too_short")),
-        fields(9, "schema_version 2", {"schema_version": 2}, "literal_error"),
+        fields(9, "schema_version 2", {"schema_version": 2}, "unsupported_schema_version"),
         fields(10, "naive event_time", {"event_time": "2024-05-01T12:00:00"}, "timezone_aware"),
         fields(11, "event_time garbage", {"event_time": "yesterday"}, "datetime_from_date_parsing"),
         fields(12, "whitespace query", {"query": "   \t "}, "string_too_short"),
@@ -421,7 +424,13 @@ def hand_made(product_ids: list[str]) -> list[Case]:
         fields(20, "variant with path", {"variant": "../A"}, "string_pattern_mismatch"),
         fields(21, "control chars in id", {"query_id": "a\u0000b"}, "string_pattern_mismatch"),
         fields(22, "log-injection id", {"event_id": 'x"}\n{"level":"error"'}, "string_pattern_mismatch"),
-        fields(23, "prototype pollution key", {"__proto__": {"admin": True}}, "extra_forbidden"),
+        Case(
+            QUERY,
+            "prototype pollution key (ignored)",
+            _j(q(23, product_ids) | {"__proto__": {"admin": True}}),
+            frozenset(),
+            accepted=True,
+        ),
         Case(
             QUERY,
             "duplicate JSON keys (last wins: wrong type)",
@@ -582,28 +591,31 @@ class HostileSizes:
 
 def corpus(product_ids: list[str], per_family: int = 80, seed_value: int = 20240501) -> list[Case]:
     """The whole corpus, in a fixed order; identical bytes on every run."""
-    families: list[tuple[str, st.SearchStrategy[bytes], int, bool]] = [
-        ("random bytes", _raw_bytes(), per_family * 2, False),
-        ("invalid UTF-8", _bad_utf8(product_ids), per_family // 4, False),
-        ("wrong type", _wrong_type(product_ids), per_family, False),
-        ("bad impressions", _bad_impressions(product_ids), per_family, False),
-        ("missing fields", _missing(product_ids), per_family // 2, False),
-        ("unknown fields", _unknown_fields(product_ids), per_family // 2, False),
-        ("bad identifiers", _bad_ids(product_ids), per_family, False),
-        ("huge strings", _huge_strings(product_ids), per_family // 2, False),
-        ("deep nesting", _deep(product_ids), per_family // 4, False),
-        ("too many impressions", _many_impressions(product_ids), per_family // 8, False),
-        ("unknown product ids", _unknown_products(), per_family // 4, True),
+    # each family's outcome: "dead" (a letter with a specific reason), "reported" (valid, unknown
+    # products: a letter and unknown_product scores) or "accepted" (valid: scored, no letter)
+    families: list[tuple[str, st.SearchStrategy[bytes], int, str]] = [
+        ("random bytes", _raw_bytes(), per_family * 2, "dead"),
+        ("invalid UTF-8", _bad_utf8(product_ids), per_family // 4, "dead"),
+        ("wrong type", _wrong_type(product_ids), per_family, "dead"),
+        ("bad impressions", _bad_impressions(product_ids), per_family, "dead"),
+        ("missing fields", _missing(product_ids), per_family // 2, "dead"),
+        ("unknown fields", _unknown_fields(product_ids), per_family // 2, "accepted"),
+        ("bad identifiers", _bad_ids(product_ids), per_family, "dead"),
+        ("huge strings", _huge_strings(product_ids), per_family // 2, "dead"),
+        ("deep nesting", _deep(product_ids), per_family // 4, "dead"),
+        ("too many impressions", _many_impressions(product_ids), per_family // 8, "dead"),
+        ("unknown product ids", _unknown_products(), per_family // 4, "reported"),
     ]
     cases: list[Case] = []
-    for i, (name, strategy, count, reported) in enumerate(families):
+    for i, (name, strategy, count, outcome) in enumerate(families):
         seen: set[bytes] = set()
         for value in draw(strategy, count, seed_value + i):
             if value in seen:
                 continue
             seen.add(value)
-            expect = _r("unknown_product") if reported else frozenset({ANY})
-            cases.append(Case(QUERY, name, value, expect, reported=reported))
+            reported, accepted = outcome == "reported", outcome == "accepted"
+            expect = _r("unknown_product") if reported else frozenset() if accepted else frozenset({ANY})
+            cases.append(Case(QUERY, name, value, expect, reported=reported, accepted=accepted))
     return cases + hand_made(product_ids)
 
 
@@ -617,6 +629,7 @@ class Outcome:
     offset: int
     reason: str | None = None
     reported: bool = False
+    scored: bool = False  # an accepted case: every impression scored
     problems: list[str] = field(default_factory=list)
 
 
@@ -659,13 +672,14 @@ def scenario_hostile(stack: Stack, sizes: HostileSizes, valid_every: int = 20) -
         result.dlq_by_reason = dict(sorted(by_reason.items()))
         result.reported = sum(o.reported for o in outcomes)
         bad = [o for o in outcomes if o.problems]
-        result.lost = sum(1 for o in outcomes if not o.reason)
+        result.lost = sum(1 for o in outcomes if not (o.scored if o.case.accepted else o.reason))
         final_health = w.healthz()
         result.checks |= {
             "hostile_records": len(cases),
             "by_category": dict(Counter(c.category for c in cases)),
             "dead_lettered": sum(by_reason.values()),
             "reported_unknown_product": result.reported,
+            "accepted_and_scored": f"{sum(o.scored for o in outcomes)}/{sum(c.accepted for c in cases)}",
             "mismatched": len(bad),
             "mismatch_samples": [f"{o.case.category}: {'; '.join(o.problems)}" for o in bad[:15]],
             "valid_controls_scored": f"{controls_ok}/{len(sent_controls)}",
@@ -719,14 +733,20 @@ def _match(settings: Any, outcomes: list[Outcome]) -> None:
             d = decode_event(DeadLetter, value, max_bytes=64 << 20)
             letters[(d.source_topic, d.partition, d.offset)] = d
     reports: set[str] = set()
-    for _key, value in read_all(settings, topics.relevance_scores):
+    scored: set[bytes] = set()
+    for key, value in read_all(settings, topics.relevance_scores):
         if value is not None:
             s = decode_event(RelevanceScore, value)
             if s.status == "unknown_product":
                 reports.add(s.event_id)
+            elif key is not None:
+                scored.add(key)
     for o in outcomes:
         topic = topics.query_logs if o.case.path == QUERY else topics.product_upserts
         letter = letters.get((topic, o.partition, o.offset))
+        if o.case.accepted:
+            _match_accepted(o, letter, scored)
+            continue
         if o.case.reported:
             event_id = orjson.loads(o.case.value or b"{}").get("event_id")
             o.reported = event_id in reports
@@ -742,6 +762,18 @@ def _match(settings: Any, outcomes: list[Outcome]) -> None:
             o.problems.append(f"reason {letter.reason!r}, expected {sorted(o.case.expect)}")
         if not letter.records(o.case.value or b""):
             o.problems.append("dead letter does not record the original bytes (head, size, digest)")
+
+
+def _match_accepted(o: Outcome, letter: DeadLetter | None, scored: set[bytes]) -> None:
+    """A case valid under the compatibility policy: no letter, every impression scored."""
+    if letter is not None:
+        o.problems.append(f"dead-lettered ({letter.reason}) though its unknown fields must be ignored")
+        return
+    doc = orjson.loads(o.case.value or b"{}")
+    keys = [f"{doc['query_id']}:{imp['product_id']}".encode() for imp in doc["impressions"]]
+    o.scored = all(k in scored for k in keys)
+    if not o.scored:
+        o.problems.append("accepted but not scored")
 
 
 def _controls_scored(settings: Any, controls: list[Any]) -> int:
