@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -41,7 +42,8 @@ from schemas import (
 )
 from schemas.export import OUT_DIR, RECORDS
 from tests.conftest import make_settings
-from worker.kafka_io import create_topics, make_producer, read_topic
+from worker.config import TopicSettings
+from worker.kafka_io import create_topics, make_producer, read_topic, topic_specs
 
 NOW = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
 VERSION = "querylife-v1-5e4a6295a6"
@@ -382,3 +384,31 @@ def test_relevance_table_keys_are_unambiguous() -> None:
     with pytest.raises(EventError) as info:
         decode_event(RelevanceEntry, encode(entry)[:-1] + b',"query":"Black Tshirt"}')
     assert info.value.reason == "query_not_normalised"
+
+
+CONTRACTS = Path(__file__).resolve().parents[1] / "docs" / "contracts.md"
+
+
+def _rows() -> dict[str, str]:
+    """docs/contracts.md topic table: topic name -> its whole row."""
+    rows = {}
+    for line in CONTRACTS.read_text().splitlines():
+        if line.startswith("| `querylife."):
+            rows[line.split("`")[1]] = line
+    return rows
+
+
+def test_contracts_doc_names_every_record_version() -> None:
+    text = CONTRACTS.read_text()
+    for (_name, version), model in RECORDS.items():
+        shown = model.__name__.removesuffix(f"V{version}")
+        assert f"`{shown}` v{version}" in text, f"docs/contracts.md does not mention {shown} v{version}"
+
+
+def test_contracts_doc_agrees_with_the_topics_created() -> None:
+    rows = _rows()
+    for spec in topic_specs(TopicSettings()):
+        assert spec.name in rows, f"{spec.name} missing from docs/contracts.md"
+        cleanup = (spec.topic_configs or {}).get("cleanup.policy", "delete")
+        cell = rows[spec.name].split("|")[5].replace("*", "").strip()
+        assert cell.split(",")[0].split(" ")[0] == cleanup, (spec.name, cleanup, cell)
