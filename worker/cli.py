@@ -59,7 +59,7 @@ def cmd_produce_queries(args: argparse.Namespace) -> int:
     for event, _grades in tqdm(
         query_log_events(products, args.count, seed=args.seed), total=args.count, desc="query logs", unit="ev"
     ):
-        producer.send(settings.topics.query_logs, key=event.query_id.encode(), value=encode(event))
+        producer.send(settings.topics.query_logs, key=event.unit_key(), value=encode(event))
         sent += 1
     producer.flush()
     producer.close()

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for event, _ in tqdm(
             query_log_events(catalogue, args.queries), total=args.queries, desc="replay query logs", unit="ev"
         ):
-            producer.send(settings.topics.query_logs, key=event.query_id.encode(), value=encode(event))
+            producer.send(settings.topics.query_logs, key=event.unit_key(), value=encode(event))
             if len(sample) < 4 and sent % 97 == 5:
                 sample.append((event.query_id, event.query))
             sent += 1
