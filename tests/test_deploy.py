@@ -492,3 +492,14 @@ def test_env_var_table_lists_every_group() -> None:
 
 if __name__ == "__main__":
     print(env_var_table())
+
+
+def test_kafka_python_checksums_in_c() -> None:
+    """kafka-python falls back to pure-Python CRC32C silently when `crc32c` is missing: state loads
+    ran ~12x slower (docs/performance.md). The package is declared in both requirement lists."""
+    from kafka.record import util
+
+    assert util.crc32c_c is not None, "the crc32c package is not installed: kafka-python checksums in Python"
+    assert util.calc_crc32c(memoryview(b"123456789")) == 0xE3069283  # the CRC-32C check value
+    for spec in (ROOT / "pyproject.toml", ROOT / "docker" / "worker-requirements.txt"):
+        assert "crc32c==" in spec.read_text(), f"crc32c is not declared in {spec.name}"
