@@ -28,6 +28,7 @@ from worker.ab_metrics import ABAggregator, merge
 from worker.demo_data import load_catalogue, product_event, query_log_events
 from worker.kafka_io import create_topics, make_producer
 from worker.local_services import LocalBroker, LocalTriton
+from worker.triton_client import RelevanceClient
 
 N_PRODUCTS = 20
 N_QUERIES = 30
@@ -188,6 +189,8 @@ def test_embedding_of_the_wrong_width_is_ignored_not_fatal(broker: LocalBroker, 
     producer = make_producer(settings.kafka)
     now = datetime.now(UTC)
     rng = np.random.default_rng(7)
+    with RelevanceClient(settings.triton) as client:
+        version = client.model_version()  # the worker scores only against its own model's embeddings
 
     def embed(product_id: str, width: int) -> None:
         vector = rng.normal(size=width).astype(np.float32)
@@ -197,7 +200,7 @@ def test_embedding_of_the_wrong_width_is_ignored_not_fatal(broker: LocalBroker, 
             embedding=(vector / np.linalg.norm(vector)).tolist(),
             has_title=True,
             has_image=False,
-            model_version="test",
+            model_version=version,
             source_event_id=f"e-{product_id}",
             updated_at=now,
         )

@@ -61,6 +61,7 @@ def test_query_worker_waits_for_missing_topics_then_scores(
             vector = client.product_embeddings(["Nike Men Black Tshirt"], ["Tshirts"], [None])[0].embedding
             assert vector is not None
             expected = client.query_relevance(["black tshirt"], np.asarray([vector], dtype=np.float32))[0]
+            version = client.model_version()  # the worker scores only against its own model's embeddings
         now = datetime.now(UTC)
         state = ProductEmbedding(
             product_id="p1",
@@ -68,7 +69,7 @@ def test_query_worker_waits_for_missing_topics_then_scores(
             embedding=[float(x) for x in vector],
             has_title=True,
             has_image=False,
-            model_version="test",
+            model_version=version,
             source_event_id="e1",
             updated_at=now,
         )

@@ -197,6 +197,14 @@ class WorkerSettings(BaseSettings):
     # Cap of the backoff while the broker is away mid-stream (polls, publishes, take-overs of
     # partitions); the waits keep beating /healthz, the cap bounds how late a worker resumes.
     retry_max_s: float = Field(default=10.0, gt=0, le=30)
+    # The query worker's product-embedding state (docs/deploying.md "Catalogue scale"): storage dtype
+    # of its vectors (float16 halves the memory), where it keeps snapshots for warm restarts (unset:
+    # none, every start reads the whole topic), how often it writes them, and how long a load may
+    # make no progress before it is retried (no bound on the total: a large catalogue takes longer).
+    state_dtype: Literal["float32", "float16"] = "float32"
+    state_dir: Path | None = None
+    state_snapshot_interval_s: float = Field(default=300.0, ge=1)
+    state_stall_s: float = Field(default=60.0, gt=0)
     name: str = Field(default="worker", max_length=64)
 
 

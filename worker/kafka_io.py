@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
@@ -96,6 +96,17 @@ def require_topics(kafka: KafkaSettings, names: Iterable[str]) -> list[str]:
     if missing:
         raise TopicsMissing(missing)
     return wanted
+
+
+def topic_config(kafka: KafkaSettings, topic: str) -> dict[str, str]:
+    """The topic's configs the broker reports (empty where it reports none, as Tansu does)."""
+    admin = KafkaAdminClient(**kafka.common_config())
+    try:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        admin.close()
+    configs = found.get("topic", {}).get(topic, {}) if isinstance(found, dict) else {}
+    return {str(k): str(getattr(v, "value", v)) for k, v in configs.items() if v is not None}
 
 
 def create_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:

@@ -45,6 +45,18 @@ UNKNOWN_INPUT_FIELDS = Counter(
     "Input fields this schema version does not define: accepted and ignored (label set capped)",
     ["topic", "field"],
 )
+STATE_BYTES = Gauge("querylife_state_bytes", "Vector storage of the embedding state", ["model_version"])
+STATE_LOAD_PROGRESS = Gauge(
+    "querylife_state_load_progress", "Share of the embeddings topic's end offsets read at start (0-1)"
+)
+STATE_RECORDS_LOADED = Counter(
+    "querylife_state_records_applied_total", "Embedding-state records applied (load and follow)"
+)
+STATE_SNAPSHOTS = Counter(
+    "querylife_state_snapshots_total",
+    "State snapshots written, restored or discarded (by reason)",
+    ["outcome"],
+)
 STATE_REJECTED = Counter(
     "querylife_state_records_rejected_total",
     "Embedding-state records a query worker ignored (no key, undecodable, wrong embedding width)",

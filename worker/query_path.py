@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import numpy as np
 import structlog
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
@@ -19,82 +17,18 @@ from schemas import (
     RelevanceScore,
     ScoreLabel,
     decode_event,
-    decode_product_embedding,
     encode,
 )
-from schemas.embeddings import embedding_array
 from worker.ab_metrics import ABAggregator, WindowKey
 from worker.config import Settings
+from worker.embedding_state import EmbeddingState
 from worker.inputs import decode_input
-from worker.observability import STATE_PRODUCTS, STATE_REJECTED, TRITON_LATENCY, UNKNOWN_PRODUCTS
+from worker.observability import TRITON_LATENCY, UNKNOWN_PRODUCTS
 from worker.outputs import Output, dead_letter
 from worker.state_reader import TopicReader
 from worker.triton_client import RelevanceClient
 
 log = structlog.get_logger()
-
-
-class EmbeddingState:
-    """All product embeddings, rebuilt from the compacted topic on start and kept current by following it.
-
-    Only vectors of width `dim` (what Triton's `query_relevance` accepts) are held: one of another width
-    would fail every batch it is stacked into, and the worker with it, on every restart.
-    """
-
-    def __init__(self, settings: Settings, dim: int) -> None:
-        self.reader = TopicReader(settings.kafka, settings.topics.product_embeddings)
-        self.dim = dim
-        self.vectors: dict[str, np.ndarray] = {}
-        self.invalid = 0
-
-    def _reject(self, key: str | None, reason: str, **detail: object) -> None:
-        self.invalid += 1
-        STATE_REJECTED.labels(reason).inc()
-        log.warning("invalid_state_record", key=key, reason=reason, **detail)
-
-    def _apply(self, rec: ConsumerRecord) -> None:
-        key = rec.key.decode() if rec.key else None
-        if key is None:
-            self._reject(None, "missing_key")
-            return
-        if rec.value is None:
-            self.vectors.pop(key, None)  # tombstone: product deleted
-            return
-        try:  # v1 (JSON floats) and v2 (binary vector) records may share a topic during migration
-            vector = embedding_array(decode_product_embedding(rec.value))
-        except EventError as exc:
-            self._reject(key, exc.reason)
-            return
-        if vector.shape[0] != self.dim:
-            # The latest record of this product is unusable (a restart would not see an older one
-            # either): the product is unknown until a valid embedding arrives.
-            self.vectors.pop(key, None)
-            self._reject(key, "embedding_dim", dim=vector.shape[0], expected=self.dim)
-            return
-        self.vectors[key] = vector
-
-    def load(self) -> int:
-        started = time.monotonic()
-        self.reader.read_to_end(self._apply)
-        STATE_PRODUCTS.set(len(self.vectors))
-        log.info(
-            "embedding_state_loaded", products=len(self.vectors), seconds=round(time.monotonic() - started, 2)
-        )
-        return len(self.vectors)
-
-    def follow(self, timeout_ms: int = 0) -> None:
-        if self.reader.follow(self._apply, timeout_ms):
-            STATE_PRODUCTS.set(len(self.vectors))
-
-    def wait_for(self, product_ids: set[str], wait_s: float) -> set[str]:
-        """Follow the state for up to `wait_s` until the ids are known; returns those still unknown."""
-        missing = {pid for pid in product_ids if pid not in self.vectors}
-        deadline = time.monotonic() + wait_s
-        while missing and time.monotonic() < deadline:
-            self.follow(timeout_ms=100)
-            missing = {pid for pid in missing if pid not in self.vectors}
-        # following may also have removed products known at the start (tombstones, rejected records)
-        return {pid for pid in product_ids if pid not in self.vectors}
 
 
 class QueryProcessor:
@@ -120,7 +54,8 @@ class QueryProcessor:
             except EventError as exc:
                 outputs.append(dead_letter(rec, exc, topics.dead_letter, worker))
         shown = {imp.product_id for _, ev in events for imp in ev.impressions}
-        unknown = self.state.wait_for(shown, self.settings.worker.unknown_product_wait_s)
+        matrix = self.state.matrix(self.model_version)  # only this version's embeddings: never mixed
+        unknown = self.state.wait_for(shown, self.settings.worker.unknown_product_wait_s, self.model_version)
         pairs = [
             (i, imp)
             for i, (_, ev) in enumerate(events)
@@ -132,7 +67,7 @@ class QueryProcessor:
             with TRITON_LATENCY.labels("query_relevance").time():
                 scored = self.client.query_relevance(
                     [events[i][1].query for i, _ in pairs],
-                    np.stack([self.state.vectors[imp.product_id] for _, imp in pairs]),
+                    matrix.rows([imp.product_id for _, imp in pairs]),
                 )
         by_event: list[dict[str, float]] = [{} for _ in events]
         now = datetime.now(UTC)
@@ -218,7 +153,7 @@ class QueryProcessor:
         reader = TopicReader(self.settings.kafka, self.settings.topics.ab_metrics)
         try:
             # bounded below /healthz's 60 s: a slow read is retried by the loop, not a dead worker
-            reader.read_to_end(apply, timeout_s=30.0)
+            reader.read_to_end(apply, stall_s=30.0)
         finally:
             reader.close()
         self.ab.restore(found)
@@ -229,3 +164,4 @@ class QueryProcessor:
 
     def idle(self) -> None:
         self.state.follow(timeout_ms=0)
+        self.state.maybe_snapshot()

@@ -20,10 +20,11 @@ from worker.backoff import FIRST_RETRY_S, Backoff
 from worker.config import Settings
 from worker.consumer_loop import ConsumerLoop
 from worker.dependency import DependencyUnavailable
+from worker.embedding_state import EmbeddingState
 from worker.kafka_io import TopicsMissing, make_consumer, make_producer, require_topics
 from worker.observability import Liveness, configure_logging, serve_metrics
 from worker.product_path import ProductProcessor
-from worker.query_path import EmbeddingState, QueryProcessor
+from worker.query_path import QueryProcessor
 from worker.triton_client import RelevanceClient, TritonUnavailable
 
 log = structlog.get_logger()
@@ -103,11 +104,12 @@ def build_loop(
     else:
 
         def loaded_state() -> EmbeddingState:
-            state = EmbeddingState(settings, client.embedding_dim())
+            # the version Triton serves; #19 adds the candidate version of a rollout beside it
+            state = EmbeddingState(settings, client.embedding_dim(), [client.model_version()])
             try:
-                state.load()
+                state.load(beat=liveness.beat)
             except BaseException:
-                state.reader.close()  # retried: leave no consumer behind
+                state.close()  # retried: leave no consumer behind
                 raise
             return state
 

@@ -24,7 +24,10 @@ class TopicReader:
     def __init__(self, kafka: KafkaSettings, topic: str, timeout_s: float = 10.0) -> None:
         """Assign every partition; `timeout_s` only absorbs metadata lag: the runner waited for the topic."""
         self.topic = topic
-        self.consumer: KafkaConsumer = make_consumer(kafka, None, max_poll_records=2000)
+        # large fetches: a million-product table is read in bulk at start
+        self.consumer: KafkaConsumer = make_consumer(
+            kafka, None, max_poll_records=5000, max_partition_fetch_bytes=16 * 1024 * 1024
+        )
         try:
             deadline, backoff = time.monotonic() + timeout_s, Backoff(0.2, cap=1.0)
             partitions = self.consumer.partitions_for_topic(topic)
@@ -40,18 +43,55 @@ class TopicReader:
             self.consumer.close(autocommit=False)  # callers retry: leave no consumer (and IO thread) behind
             raise
 
-    def read_to_end(self, apply: Callable[[ConsumerRecord], None], timeout_s: float = 120.0) -> int:
-        """Apply every record up to the end offsets seen now; returns how many were applied."""
+    def topic_id(self) -> str | None:
+        """The broker's id of the topic (changes when it is deleted and recreated), if it gives one."""
+        topic_id = self.consumer._client.cluster.topic_id(self.topic)  # kafka-python keeps it from Metadata
+        return None if topic_id is None else str(topic_id)
+
+    def seek(self, offsets: dict[int, int]) -> None:
+        """Continue from these next offsets (a snapshot's); partitions not named start at the beginning."""
+        for tp in self.partitions:
+            if tp.partition in offsets:
+                self.consumer.seek(tp, offsets[tp.partition])
+
+    def positions(self) -> dict[int, int]:
+        return {tp.partition: self.consumer.position(tp) for tp in self.partitions}
+
+    def read_to_end(
+        self,
+        apply: Callable[[ConsumerRecord], None],
+        stall_s: float = 60.0,
+        progress: Callable[[int, float], None] | None = None,
+        progress_every_s: float = 2.0,
+    ) -> int:
+        """Apply every record up to the end offsets seen now; returns how many were applied.
+
+        No bound on the total time (a large table takes as long as it takes), only on a stall: no
+        position moved for `stall_s` while behind raises `TimeoutError`. `progress(applied, share
+        of the end offsets)` is called every `progress_every_s`, so callers can log and beat.
+        """
         end = self.consumer.end_offsets(self.partitions)
-        deadline = time.monotonic() + timeout_s
-        applied = 0
-        while any(self.consumer.position(tp) < end[tp] for tp in self.partitions):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {self.topic!r} to its end took over {timeout_s:.0f}s")
+        total = sum(self._behind(end).values()) or 1
+        applied, last_move, last_report = 0, time.monotonic(), time.monotonic()
+        while any(left := self._behind(end)):
+            now = time.monotonic()
+            if progress is not None and now - last_report >= progress_every_s:
+                progress(applied, 1.0 - sum(left.values()) / total)
+                last_report = now
+            if now - last_move > stall_s:
+                raise TimeoutError(f"reading {self.topic!r}: no progress for {stall_s:.0f}s, behind: {left}")
             for rec in self._poll(200):
                 apply(rec)
                 applied += 1
+                last_move = now
+        if progress is not None:
+            progress(applied, 1.0)
         return applied
+
+    def _behind(self, end: dict[TopicPartition, int]) -> dict[int, int]:
+        """Records left before `end`, per partition still behind it."""
+        left = {tp.partition: end[tp] - self.consumer.position(tp) for tp in self.partitions}
+        return {p: n for p, n in left.items() if n > 0}
 
     def follow(self, apply: Callable[[ConsumerRecord], None], timeout_ms: int = 0) -> int:
         applied = 0

@@ -1,0 +1,105 @@
+"""Product vectors of one model version as rows of fixed-size numpy blocks, addressed by product id.
+
+A dict of one small array per product costs ~100 bytes of Python objects per vector on top of its
+data, and growing one contiguous array by copying doubles the peak memory at a million products.
+Blocks of `BLOCK_ROWS` rows are allocated as needed and never copied; a delete frees its row for the
+next insert. Storage is float32 or float16 (`QL_WORKER_STATE_DTYPE`); rows come back as float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+BLOCK_ROWS = 1 << 16
+
+
+class VectorMatrix:
+    """ids -> rows of one model version's vectors; `rows(ids)` gathers a batch as float32."""
+
+    def __init__(self, dim: int, dtype: str = "float32") -> None:
+        self.dim = dim
+        self.dtype = np.dtype(dtype)
+        self.ids: dict[str, int] = {}
+        self.blocks: list[np.ndarray] = []
+        self._free: list[int] = []
+        self._next = 0  # rows below this were handed out once
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, product_id: object) -> bool:
+        return product_id in self.ids
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of vector storage allocated (ids not included)."""
+        return sum(block.nbytes for block in self.blocks)
+
+    def put(self, product_id: str, vector: np.ndarray) -> None:
+        """Insert or overwrite one product's vector (any float dtype; converted on assignment)."""
+        row = self.ids.get(product_id)
+        if row is None:
+            row = self._take_row()
+            self.ids[product_id] = row
+        self.blocks[row // BLOCK_ROWS][row % BLOCK_ROWS] = vector
+
+    def delete(self, product_id: str) -> bool:
+        row = self.ids.pop(product_id, None)
+        if row is None:
+            return False
+        self._free.append(row)
+        return True
+
+    def rows(self, product_ids: Sequence[str]) -> np.ndarray:
+        """Vectors of `product_ids` (all must be present), stacked as float32 [n, dim]."""
+        out = np.empty((len(product_ids), self.dim), dtype=np.float32)
+        for i, pid in enumerate(product_ids):
+            row = self.ids[pid]
+            out[i] = self.blocks[row // BLOCK_ROWS][row % BLOCK_ROWS]
+        return out
+
+    def load_rows(self, product_ids: list[str], fill: Callable[[np.ndarray], None]) -> None:
+        """Bulk load into an empty matrix: `product_ids[i]` gets row i, and `fill(view)` writes the
+        stored vectors of each block's used rows into `view` in place (a snapshot reads its file
+        straight into the blocks, with no second copy)."""
+        if self.ids:
+            raise ValueError("load_rows needs an empty matrix")
+        self.ids = {pid: row for row, pid in enumerate(product_ids)}
+        if len(self.ids) != len(product_ids):
+            raise ValueError("duplicate product ids")
+        self._next = len(product_ids)
+        for start in range(0, self._next, BLOCK_ROWS):
+            block = np.zeros((BLOCK_ROWS, self.dim), dtype=self.dtype)
+            fill(block[: min(BLOCK_ROWS, self._next - start)])
+            self.blocks.append(block)
+
+    def ordered(self) -> tuple[list[str], Iterator[np.ndarray]]:
+        """Ids in row order, and their stored vectors in that order, a block's worth at a time.
+
+        A snapshot writes these; rows freed by deletes are left out, so a loaded snapshot holds the
+        same products in rows 0..n-1.
+        """
+        order = sorted(self.ids.items(), key=lambda item: item[1])
+        ids = [pid for pid, _ in order]
+        rows = np.fromiter((row for _, row in order), dtype=np.int64, count=len(order))
+
+        def chunks() -> Iterator[np.ndarray]:
+            for start in range(0, len(rows), BLOCK_ROWS):
+                part = rows[start : start + BLOCK_ROWS]  # ascending, so grouping by block keeps order
+                blocks = part // BLOCK_ROWS
+                yield np.concatenate(
+                    [self.blocks[b][part[blocks == b] % BLOCK_ROWS] for b in np.unique(blocks)]
+                )
+
+        return ids, chunks()
+
+    def _take_row(self) -> int:
+        if self._free:
+            return self._free.pop()
+        row = self._next
+        if row // BLOCK_ROWS == len(self.blocks):
+            self.blocks.append(np.zeros((BLOCK_ROWS, self.dim), dtype=self.dtype))
+        self._next += 1
+        return row
