@@ -73,7 +73,7 @@ class TopicReader:
         end = self.consumer.end_offsets(self.partitions)
         total = sum(self._behind(end).values()) or 1
         applied, last_move, last_report = 0, time.monotonic(), time.monotonic()
-        while any(left := self._behind(end)):
+        while any(left := self._behind(end)) or self._raise_to_highwater(end):
             now = time.monotonic()
             if progress is not None and now - last_report >= progress_every_s:
                 progress(applied, 1.0 - sum(left.values()) / total)
@@ -87,6 +87,20 @@ class TopicReader:
         if progress is not None:
             progress(applied, 1.0)
         return applied
+
+    def _raise_to_highwater(self, end: dict[TopicPartition, int]) -> bool:
+        """Raise `end` to the high watermarks the fetches reported; whether any was higher.
+
+        Some brokers (Tansu) answer ListOffsets(latest) with the base offset of the last batch
+        rather than the log end, which would stop a read one batch short; the high watermark in
+        fetch responses is right. Only raised once the first `end` is reached, so it is bounded.
+        """
+        raised = False
+        for tp in self.partitions:
+            high = self.consumer.highwater(tp)
+            if high is not None and high > end[tp]:
+                end[tp], raised = high, True
+        return raised and any(self._behind(end))
 
     def _behind(self, end: dict[TopicPartition, int]) -> dict[int, int]:
         """Records left before `end`, per partition still behind it."""

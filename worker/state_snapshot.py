@@ -107,10 +107,10 @@ def read(
         raise SnapshotRejected("missing", str(path))
     with path.open("rb") as f:
         meta = _read_header(f, path)
-        _check_identity(meta, topic, topic_id, dim, dtype, max_age_s)
         expected = f.tell() + meta.ids_bytes + meta.vectors_bytes
         if path.stat().st_size != expected:
             raise SnapshotRejected("truncated", f"{path.stat().st_size} bytes, header says {expected}")
+        _check_identity(meta, topic, topic_id, dim, dtype, max_age_s)
         ids_blob = f.read(meta.ids_bytes)
         checksum = crc32c(ids_blob)
         ids = orjson.loads(ids_blob)

@@ -1,0 +1,257 @@
+"""The query worker's embedding state on a real broker: v1 and v2 records side by side, versions kept
+apart, and snapshots that either give exactly the state of a cold load or are discarded."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaAdminClient
+
+from schemas import FusionWeights, ProductEmbedding, ProductEmbeddingV2, encode
+from tests.conftest import make_settings
+from worker import state_snapshot
+from worker.config import Settings
+from worker.embedding_state import EmbeddingState
+from worker.kafka_io import create_topics, make_producer
+from worker.vector_matrix import BLOCK_ROWS, VectorMatrix
+
+DIM = 16
+SERVED, OTHER = "qv-served", "qv-other"
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+def unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def v1(pid: str, vector: np.ndarray, version: str = SERVED) -> bytes:
+    return encode(
+        ProductEmbedding(
+            product_id=pid,
+            product_type="Tshirts",
+            embedding=[float(x) for x in vector],
+            has_title=True,
+            has_image=True,
+            model_version=version,
+            source_event_id="e",
+            updated_at=NOW,
+        )
+    )
+
+
+def v2(pid: str, vector: np.ndarray, version: str = SERVED, dtype: str = "float32") -> bytes:
+    return encode(
+        ProductEmbeddingV2.from_array(
+            vector,
+            dtype=dtype,  # type: ignore[arg-type]
+            product_id=pid,
+            product_type="Tshirts",
+            model_version=version,
+            fusion_weights=FusionWeights(title=0.5, image=0.5),
+            has_title=True,
+            has_image=True,
+            source_event_id="e",
+            updated_at=NOW,
+        )
+    )
+
+
+def send(settings: Settings, records: list[tuple[str, bytes | None]]) -> None:
+    producer = make_producer(settings.kafka, linger_ms=20)
+    for pid, value in records:
+        producer.send(settings.topics.product_embeddings, key=pid.encode(), value=value)
+    producer.flush(30)
+    producer.close()
+
+
+def loaded(settings: Settings, versions: tuple[str, ...] = (SERVED,)) -> EmbeddingState:
+    state = EmbeddingState(settings, DIM, versions)
+    state.load()
+    return state
+
+
+def contents(state: EmbeddingState, version: str = SERVED) -> dict[str, np.ndarray]:
+    matrix = state.matrix(version)
+    ids = sorted(matrix.ids)
+    return dict(zip(ids, matrix.rows(ids), strict=True))
+
+
+# --------------------------------------------------------------------------- the matrix alone
+
+
+def test_matrix_reuses_freed_rows_and_grows_by_blocks() -> None:
+    rng = np.random.default_rng(1)
+    m = VectorMatrix(DIM, "float16")
+    vectors = {f"p{i}": unit(rng) for i in range(BLOCK_ROWS + 10)}
+    for pid, vec in vectors.items():
+        m.put(pid, vec)
+    assert len(m.blocks) == 2 and len(m) == BLOCK_ROWS + 10
+    assert m.delete("p3") and not m.delete("p3") and "p3" not in m
+    m.put("new", vectors["p4"])
+    assert m.ids["new"] == 3 and len(m.blocks) == 2  # the freed row, no new block
+    got = m.rows(["p0", f"p{BLOCK_ROWS + 5}", "new"])
+    assert got.dtype == np.float32
+    want = np.stack([vectors["p0"], vectors[f"p{BLOCK_ROWS + 5}"], vectors["p4"]])
+    assert np.abs(got - want).max() < 1e-3  # float16 storage
+    ids, chunks = m.ordered()
+    assert "p3" not in ids and len(ids) == len(m)
+    assert sum(len(c) for c in chunks) == len(m)
+
+
+# --------------------------------------------------------------------------- on the broker
+
+
+def test_v1_and_v2_records_mixed_on_one_topic(broker) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(broker)
+    create_topics(settings.kafka, settings.topics)
+    rng = np.random.default_rng(2)
+    a, b, c, d, e = (unit(rng) for _ in range(5))
+    send(
+        settings,
+        [
+            ("json", v1("json", a)),
+            ("bin32", v2("bin32", b)),
+            ("bin16", v2("bin16", c, dtype="float16")),
+            ("upgraded", v1("upgraded", a)),
+            ("upgraded", v2("upgraded", d)),  # the latest record wins, across schema versions
+            ("deleted", v2("deleted", e)),
+            ("deleted", None),
+            ("moved", v2("moved", e)),
+            ("moved", v2("moved", e, version=OTHER)),  # now a product of the other version only
+            ("wrong-dim", v2("wrong-dim", np.ones(DIM + 1, np.float32))),
+        ],
+    )
+    state = loaded(settings, (SERVED, OTHER))
+    served = contents(state)
+    assert sorted(served) == ["bin16", "bin32", "json", "upgraded"]
+    np.testing.assert_allclose(served["json"], a, rtol=1e-6)
+    np.testing.assert_array_equal(served["bin32"], b)
+    assert np.abs(served["bin16"] - c).max() < 1e-3
+    np.testing.assert_array_equal(served["upgraded"], d)
+    assert sorted(contents(state, OTHER)) == ["moved"]
+    assert state.invalid == 1  # wrong-dim
+    state.close()
+    only_served = loaded(settings)
+    assert sorted(contents(only_served)) == sorted(served) and only_served.other_versions == 1
+    only_served.close()
+
+
+def _fill(settings: Settings, n: int, seed: int) -> list[tuple[str, bytes | None]]:
+    rng = np.random.default_rng(seed)
+    records: list[tuple[str, bytes | None]] = [(f"p{i}", v2(f"p{i}", unit(rng))) for i in range(n)]
+    send(settings, records)
+    return records
+
+
+def test_warm_restart_ends_with_exactly_the_cold_state(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(broker, state_dir=tmp_path)
+    create_topics(settings.kafka, settings.topics)
+    _fill(settings, 3000, seed=3)
+    first = loaded(settings)  # cold: writes the snapshot
+    first.close()
+    path = state_snapshot.path_for(tmp_path, settings.topics.product_embeddings, SERVED)
+    assert path.exists()
+    rng = np.random.default_rng(4)
+    tail: list[tuple[str, bytes | None]] = [(f"new{i}", v2(f"new{i}", unit(rng))) for i in range(30)]
+    tail += [(f"p{i}", None) for i in range(0, 300, 10)]  # deletes
+    tail += [(f"p{i}", v2(f"p{i}", unit(rng))) for i in range(1, 300, 10)]  # updates
+    tail += [("p2", v2("p2", unit(rng), version=OTHER))]  # moved to another version
+    send(settings, tail)
+    warm = EmbeddingState(settings, DIM, [SERVED])
+    warm.load()
+    cold = EmbeddingState(make_settings(broker).model_copy(update={"topics": settings.topics}), DIM, [SERVED])
+    cold.load()
+    assert warm.reader.topic == cold.reader.topic
+    assert warm.restored and not cold.restored
+    warm_state, cold_state = contents(warm), contents(cold)
+    assert sorted(warm_state) == sorted(cold_state)
+    assert len(cold_state) == 3000 + 30 - 30 - 1
+    for pid, vec in cold_state.items():
+        np.testing.assert_array_equal(warm_state[pid], vec)
+    assert warm.positions == cold.positions
+    warm.close()
+    cold.close()
+
+
+def _snapshot_then(settings: Settings, tmp_path: Path) -> Path:
+    create_topics(settings.kafka, settings.topics)
+    _fill(settings, 500, seed=5)
+    loaded(settings).close()
+    return state_snapshot.path_for(tmp_path, settings.topics.product_embeddings, SERVED)
+
+
+def _restored(settings: Settings) -> tuple[bool, int]:
+    state = EmbeddingState(settings, DIM, [SERVED])
+    try:
+        return state._restore(), len(state)
+    finally:
+        state.close()
+
+
+def test_truncated_and_corrupt_snapshots_are_discarded(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(broker, state_dir=tmp_path)
+    path = _snapshot_then(settings, tmp_path)
+    assert _restored(settings) == (True, 500)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    assert _restored(settings) == (False, 0)
+    with pytest.raises(state_snapshot.SnapshotRejected, match="truncated"):
+        state_snapshot.read(path, settings.topics.product_embeddings, None, DIM, "float32", 1e9)
+    corrupt = bytearray(data)
+    corrupt[-5] ^= 0xFF
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(state_snapshot.SnapshotRejected, match="corrupt"):
+        topic_id = EmbeddingState(settings, DIM, [SERVED]).reader.topic_id()
+        state_snapshot.read(path, settings.topics.product_embeddings, topic_id, DIM, "float32", 1e9)
+    # a cold load after a discarded snapshot is complete
+    state = loaded(settings)
+    assert len(state) == 500
+    state.close()
+
+
+def test_expired_snapshot_is_discarded(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(broker, state_dir=tmp_path)
+    path = _snapshot_then(settings, tmp_path)
+    state = EmbeddingState(settings, DIM, [SERVED])
+    meta, matrix = state_snapshot.read(
+        path, settings.topics.product_embeddings, state.reader.topic_id(), DIM, "float32", 1e9
+    )
+    state.close()
+    old = state_snapshot.SnapshotMeta(
+        **(vars(meta) | {"created_at": time.time() - 2 * 86_400})  # older than delete.retention.ms (1 d)
+    )
+    state_snapshot.write(path, old, matrix)
+    with pytest.raises(state_snapshot.SnapshotRejected, match="expired"):
+        state_snapshot.read(path, meta.topic, meta.topic_id, DIM, "float32", 86_400)
+    assert _restored(settings) == (False, 0)
+
+
+def test_snapshot_of_a_recreated_topic_is_discarded(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(broker, state_dir=tmp_path)
+    path = _snapshot_then(settings, tmp_path)
+    assert _restored(settings) == (True, 500)
+    admin = KafkaAdminClient(**settings.kafka.common_config())
+    try:
+        admin.delete_topics([settings.topics.product_embeddings])
+    finally:
+        admin.close()
+    deadline = time.monotonic() + 30
+    while True:  # recreate it, refilled past the stored offsets with other products
+        try:
+            create_topics(settings.kafka, settings.topics)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    _fill(settings, 800, seed=6)
+    assert path.exists()
+    assert _restored(settings) == (False, 0)
+    state = loaded(settings)
+    assert len(state) == 800  # the new topic's products, nothing of the old one
+    state.close()
