@@ -10,8 +10,11 @@ demo: install
 test: install
 	scripts/check.sh $(ARGS)
 
+# SCALE_SIZES: catalogue sizes of the state benchmark (long mode: SCALE_SIZES="100000 1000000")
+SCALE_SIZES ?= 100000
 bench: install
 	.venv/bin/python -m benchmarks.end_to_end $(ARGS)
+	.venv/bin/python -m benchmarks.state_scale --sizes $(SCALE_SIZES)
 
 reliability: install
 	.venv/bin/python -m reliability $(ARGS)

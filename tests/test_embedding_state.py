@@ -72,6 +72,7 @@ def send(settings: Settings, records: list[tuple[str, bytes | None]]) -> None:
 def loaded(settings: Settings, versions: tuple[str, ...] = (SERVED,)) -> EmbeddingState:
     state = EmbeddingState(settings, DIM, versions)
     state.load()
+    state.maybe_snapshot()  # a cold load is due at once (the query path calls this between batches)
     return state
 
 

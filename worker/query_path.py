@@ -46,6 +46,7 @@ class QueryProcessor:
     def process(self, records: Sequence[ConsumerRecord]) -> list[Output]:
         topics = self.settings.topics
         worker = self.settings.worker.name
+        self.state.maybe_snapshot()  # between batches, so a snapshot is consistent; busy workers too
         outputs: list[Output] = []
         events: list[tuple[ConsumerRecord, QueryLog]] = []
         for rec in records:
