@@ -256,3 +256,15 @@ def test_snapshot_of_a_recreated_topic_is_discarded(broker, tmp_path: Path) -> N
     state = loaded(settings)
     assert len(state) == 800  # the new topic's products, nothing of the old one
     state.close()
+
+
+def test_unknown_products_are_not_waited_for_once_caught_up(broker) -> None:  # type: ignore[no-untyped-def]
+    """A product that never got an embedding must not cost every batch the full wait."""
+    settings = make_settings(broker)
+    create_topics(settings.kafka, settings.topics)
+    _fill(settings, 200, seed=7)
+    state = loaded(settings)
+    started = time.monotonic()
+    assert state.wait_for({"p1", "never-embedded"}, wait_s=20.0, version=SERVED) == {"never-embedded"}
+    assert time.monotonic() - started < 10.0, "waited although the state had reached its end"
+    state.close()

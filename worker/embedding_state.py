@@ -119,13 +119,21 @@ class EmbeddingState:
             self._publish_sizes()
 
     def wait_for(self, product_ids: set[str], wait_s: float, version: str) -> set[str]:
-        """Follow the state for up to `wait_s` until the ids are known in `version`; returns the rest."""
+        """The ids still unknown in `version` after following the state while it is behind (<= `wait_s`).
+
+        A product with no embedding is waited for only while the reader has records left to apply:
+        once it has reached the end it saw, waiting cannot help (deleted products, failed images,
+        products never embedded), and a batch naming one must not pay `wait_s` every time.
+        """
         matrix = self.matrices[version]
         missing = {pid for pid in product_ids if pid not in matrix}
+        if missing:
+            self.follow(timeout_ms=0)  # what has arrived, and fresh high watermarks
         deadline = time.monotonic() + wait_s
-        while missing and time.monotonic() < deadline:
+        while (missing := {pid for pid in missing if pid not in matrix}) and time.monotonic() < deadline:
+            if not self.reader.behind():
+                break
             self.follow(timeout_ms=100)
-            missing = {pid for pid in missing if pid not in matrix}
         # following may also have removed products known at the start (tombstones, rejected records)
         return {pid for pid in product_ids if pid not in matrix}
 

@@ -54,6 +54,18 @@ class TopicReader:
             if tp.partition in offsets:
                 self.consumer.seek(tp, offsets[tp.partition])
 
+    def behind(self) -> bool:
+        """Whether a partition's position is below the high watermark its last fetch reported.
+
+        Only what the reader has seen: a record written after the last fetch does not count until
+        the next poll brings its watermark.
+        """
+        for tp in self.partitions:
+            high = self.consumer.highwater(tp)
+            if high is not None and self.consumer.position(tp) < high:
+                return True
+        return False
+
     def positions(self) -> dict[int, int]:
         return {tp.partition: self.consumer.position(tp) for tp in self.partitions}
 
