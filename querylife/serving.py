@@ -2,15 +2,21 @@
 
 The python backend hands `initialize()` the model config as JSON and `execute()` a list of queued
 requests. These helpers read the config (threads, device, the stamped `querylife_version`), load the
-exported checkpoint and refuse a stamp/checkpoint mismatch, and batch/split requests, so each
-`model.py` only says what its model computes. `triton_python_backend_utils` exists only inside
-Triton, so it is passed in (`pb`) rather than imported here.
+exported checkpoint and refuse a stamp/checkpoint mismatch, batch/split requests, and isolate
+failures (`execute_isolated`), so each `model.py` only says what its model computes.
+`triton_python_backend_utils` exists only inside Triton, so it is passed in (`pb`) rather than
+imported here.
+
+Failures are per request, never per scheduled batch: an exception out of ``execute()`` would fail
+every request Triton batched together (other producers' products included), so `execute_isolated`
+retries a failed batch one request at a time, then, for models with a per-item ``ERROR`` output, one
+item at a time, and answers a request that still fails with its own ``TritonError``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,14 +87,72 @@ def request_sizes(requests: list[Any], name: str, pb: Any) -> list[int]:
     return [int(pb.get_input_tensor_by_name(r, name).as_numpy().shape[0]) for r in requests]
 
 
-def split_responses(sizes: list[int], outputs: dict[str, np.ndarray], pb: Any) -> list[Any]:
+Outputs = dict[str, np.ndarray]
+
+
+def split_outputs(sizes: list[int], outputs: Outputs) -> list[Outputs]:
+    """Each request's own rows of every output."""
+    return [{name: arr[rows] for name, arr in outputs.items()} for rows in _slices(sizes)]
+
+
+def output_response(outputs: Outputs, pb: Any) -> Any:
+    return pb.InferenceResponse(
+        output_tensors=[pb.Tensor(name, np.ascontiguousarray(arr)) for name, arr in outputs.items()]
+    )
+
+
+def error_response(exc: BaseException, pb: Any, model: str = "") -> Any:
+    """This request alone fails, with the exception's type and message (the client sees them)."""
+    message = f"{model + ': ' if model else ''}{type(exc).__name__}: {exc}"[:1000]
+    logger = getattr(pb, "Logger", None)
+    if logger is not None:
+        logger.log_error(f"request failed: {message}")
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message))
+
+
+def split_responses(sizes: list[int], outputs: Outputs, pb: Any) -> list[Any]:
     """One InferenceResponse per request, each with its own rows of every output."""
-    return [
-        pb.InferenceResponse(
-            output_tensors=[pb.Tensor(name, np.ascontiguousarray(arr[rows])) for name, arr in outputs.items()]
-        )
-        for rows in _slices(sizes)
-    ]
+    return [output_response(o, pb) for o in split_outputs(sizes, outputs)]
+
+
+def execute_isolated(
+    requests: list[Any],
+    compute: Callable[[list[Any]], list[Outputs]],
+    pb: Any,
+    per_item: Callable[[Any], Outputs] | None = None,
+    model: str = "",
+) -> list[Any]:
+    """One response per request, whatever raises (`MemoryError` included); never raises itself.
+
+    ``compute(requests)`` returns each request's outputs, computed as one batch. If it raises, each
+    request is computed alone, so only the requests that fail by themselves fail. For such a request,
+    ``per_item(request)`` (models with a per-item ``ERROR`` output) computes its items one by one and
+    reports a failing item in its ``ERROR`` row; a request that still fails gets an error response.
+    """
+    try:
+        outputs = compute(requests)
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"{len(outputs)} outputs for {len(requests)} requests")
+        return [output_response(o, pb) for o in outputs]
+    except Exception as exc:
+        batch_failure: Exception = exc
+    responses = []
+    for request in requests:
+        try:
+            if len(requests) == 1:
+                raise batch_failure  # already computed alone
+            responses.append(output_response(compute([request])[0], pb))
+            continue
+        except Exception as exc:
+            failure: Exception = exc
+        if per_item is not None:
+            try:
+                responses.append(output_response(per_item(request), pb))
+                continue
+            except Exception as exc:
+                failure = exc
+        responses.append(error_response(failure, pb, model))
+    return responses
 
 
 def _slices(sizes: list[int]) -> Iterator[slice]:

@@ -1,29 +1,38 @@
 """The exported Query-LIFE ensembles on a real Triton (session fixture `triton` in conftest.py) match the
-in-process `load_model()` on real catalogue products, through gRPC and HTTP; bad items fail alone;
-the client's retries are bounded."""
+in-process `load_model()` on real catalogue products, through gRPC and HTTP; bad items fail alone
+(poison images among good ones, and each model's execute() with an injected failure); the client's
+retries are bounded."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import sys
 import time
+import types
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from querylife.checkpoint import load_head
 from querylife.imaging import decode_image, preprocess
 from querylife.model import QueryLifeModel, load_model
+from querylife.serving import execute_isolated
+from tests.hostile_images import animated_webp, encode, patch_dimensions, raw_png, with_extra_scans
 from worker.config import TritonSettings
 from worker.local_services import LocalTriton, free_port
 from worker.triton_client import (
     PRODUCT_MODEL,
     QUERY_MODEL,
+    ProductResult,
     RelevanceClient,
     TritonRequestError,
     TritonUnavailable,
@@ -252,3 +261,270 @@ def test_dead_server_retries_then_raises_unavailable(protocol: Protocol) -> None
         client.wait_ready(0.3)
     client.close()
     assert time.monotonic() - started < 10
+
+
+# --------------------------------------------------------------------------- poison in a batch
+
+
+def _poison_images() -> dict[str, tuple[bytes, str]]:
+    """Each class of hostile image found, with the reason it must get (tests/test_image_bounds.py).
+    Before the bounds, the first raised OverflowError out of execute() and failed the whole batch;
+    the others took 20 s to minutes each, past the client's timeout."""
+    scans = with_extra_scans(encode(Image.new("L", (4096, 4096), 128), "JPEG", progressive=True), 17_000)
+    tiny_anim = animated_webp((1, 1), 2)
+    return {
+        "png 16777216x1": (raw_png(16_777_216, 1), "image_aspect_ratio"),
+        "png 1x16000000": (raw_png(1, 16_000_000), "image_aspect_ratio"),
+        "png 1000000x16": (raw_png(1_000_000, 16), "image_aspect_ratio"),
+        "jpeg 17,000 scans": (scans, "too_many_scans"),
+        "webp canvas 16777216x1": (patch_dimensions(tiny_anim, 1 << 24, 1), "image_aspect_ratio"),
+        "webp canvas 65535x65535": (patch_dimensions(tiny_anim, 65535, 65535), "decompression_bomb"),
+    }
+
+
+def test_poison_images_fail_alone_among_good_ones(
+    triton: LocalTriton, model: QueryLifeModel, products: list[Product]
+) -> None:
+    """Poison images batched with good ones, in one request and in concurrent requests that Triton's
+    dynamic batcher may schedule together: each poison gets its own reason, every good product its
+    in-process embedding."""
+    good = [p for p in products if p.image is not None][:3]
+    poison = _poison_images()
+    assert all(len(data) < 1 << 20 for data, _ in poison.values())  # inside the worker's byte limit
+    mixed: list[Product] = []
+    for i, (name, (data, _)) in enumerate(poison.items()):
+        mixed += [good[i % len(good)], Product(f"Poison {name}", "Shirts", data)]
+    expected_good = in_process(model, good)
+
+    def send(batch: list[Product]) -> list[ProductResult]:
+        with RelevanceClient(settings_for(triton, "grpc")) as c:
+            return c.product_embeddings(
+                [p.title for p in batch], [p.product_type for p in batch], [p.image for p in batch]
+            )
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(send, mixed), pool.submit(send, good), pool.submit(send, good[::-1])]
+        results = [f.result(timeout=120) for f in futures]
+    for i, (name, (_, reason)) in enumerate(poison.items()):
+        got = results[0][2 * i + 1]
+        assert got.embedding is None and got.error is not None, name
+        assert got.error.split(":")[0] == reason, (name, got.error)
+        ok = results[0][2 * i]
+        assert ok.error is None and ok.embedding is not None
+        np.testing.assert_allclose(ok.embedding, expected_good[i % len(good)], atol=ATOL)
+    for batch, res in ((good, results[1]), (good[::-1], results[2])):
+        assert [r.error for r in res] == [None] * len(batch)
+        got = np.stack([r.embedding for r in res if r.embedding is not None])
+        np.testing.assert_allclose(got, in_process(model, batch), atol=ATOL)
+
+
+# --------------------------------------------------------------------------- execute() isolation
+# The models' execute() with a stand-in for triton_python_backend_utils (it exists only inside Triton)
+# and a failure injected into one request or item, which a real Triton cannot be made to produce.
+
+
+class _Tensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self._name, self._array = name, np.asarray(array)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+class _TritonError:
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def message(self) -> str:
+        return self._message
+
+
+class _Response:
+    def __init__(self, output_tensors: list[_Tensor], error: _TritonError | None = None) -> None:
+        self.outputs = {t.name(): t.as_numpy() for t in output_tensors}
+        self.error = error
+
+
+class _Request:
+    def __init__(self, **inputs: np.ndarray) -> None:
+        self.inputs = {name: _Tensor(name, value) for name, value in inputs.items()}
+
+
+def _fake_pb() -> types.ModuleType:
+    pb = types.ModuleType("triton_python_backend_utils")
+    pb.Tensor = _Tensor  # type: ignore[attr-defined]
+    pb.InferenceResponse = _Response  # type: ignore[attr-defined]
+    pb.TritonError = _TritonError  # type: ignore[attr-defined]
+    pb.TritonModelException = RuntimeError  # type: ignore[attr-defined]
+    pb.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)  # type: ignore[attr-defined]
+    return pb
+
+
+def _model_py(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh instance of model_repository/<name>/1/model.py's TritonPythonModel (not initialized)."""
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb())
+    path = Path(__file__).resolve().parents[1] / "model_repository" / name / "1" / "model.py"
+    spec = importlib.util.spec_from_file_location(f"ql_test_{name}_model", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TritonPythonModel()
+
+
+def _texts(*values: str) -> np.ndarray:
+    return np.array([[v.encode()] for v in values], dtype=np.object_)
+
+
+def test_execute_isolated_answers_every_request_whatever_fails() -> None:
+    pb = _fake_pb()
+    calls: list[list[int]] = []
+
+    def compute(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        calls.append([int(r) for r in requests])
+        if 13 in requests:
+            raise MemoryError("13 is poison")
+        return [{"OUT": np.array([[int(r) * 2]])} for r in requests]
+
+    responses = execute_isolated([1, 13, 2], compute, pb, model="m")
+    assert calls == [[1, 13, 2], [1], [13], [2]]  # the batch, then each request alone
+    assert [r.error is None for r in responses] == [True, False, True]
+    assert responses[1].error.message() == "m: MemoryError: 13 is poison"
+    assert [int(r.outputs["OUT"][0, 0]) for r in (responses[0], responses[2])] == [2, 4]
+    calls.clear()
+    alone = execute_isolated([13], compute, pb)  # a single request is not computed twice
+    assert calls == [[13]] and alone[0].error is not None
+    items = execute_isolated([13, 1], compute, pb, per_item=lambda r: {"OUT": np.array([[-1]])})
+    assert [int(r.outputs["OUT"][0, 0]) for r in items] == [-1, 2] and all(r.error is None for r in items)
+    assert execute_isolated([1], lambda rs: [], pb)[0].error is not None  # a wrong count is a failure
+
+
+class _FakeTower:
+    """encode_texts / encode_images that raise for a marked input, like a tower hitting its limits."""
+
+    embed_dim, image_size = 4, 32
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        if any("POISON" in t for t in texts):
+            raise MemoryError("cannot allocate")
+        return torch.tensor([[float(len(t)), 1.0, 0.0, 0.0] for t in texts])
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        if bool((pixels.mean(dim=(1, 2, 3)) > 0.99).any()):  # a white image
+            raise RuntimeError("tower failed")
+        return pixels.mean(dim=(2, 3)).repeat(1, 2)[:, :4] + 2.0
+
+
+def test_text_encoder_fails_only_the_request_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = _model_py("text_encoder", monkeypatch)
+    m.model = _FakeTower()
+    requests = [
+        _Request(TEXT=_texts("red shirt", "")),
+        _Request(TEXT=_texts("POISON")),
+        _Request(TEXT=_texts("x")),
+    ]
+    responses = m.execute(requests)
+    assert [r.error is None for r in responses] == [True, False, True]
+    assert "text_encoder: MemoryError" in responses[1].error.message()
+    assert responses[0].outputs["EMBEDDING"][:, 0].tolist() == [9.0, 0.0]
+    assert responses[0].outputs["HAS_TEXT"].reshape(-1).tolist() == [True, False]
+    assert responses[2].outputs["EMBEDDING"][0, 0] == 1.0
+
+
+def test_image_encoder_fails_only_the_item_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = _model_py("image_encoder", monkeypatch)
+    m.model = _FakeTower()
+
+    def png(colour: tuple[int, int, int]) -> bytes:
+        return encode(Image.new("RGB", (40, 40), colour), "PNG")
+
+    def images(*payloads: bytes) -> np.ndarray:
+        return np.array([[p] for p in payloads], dtype=np.object_)
+
+    requests = [
+        _Request(IMAGE=images(png((200, 10, 10)), png((255, 255, 255)), b"", raw_png(16_777_216, 1))),
+        _Request(IMAGE=images(png((10, 200, 10)))),
+    ]
+    responses = m.execute(requests)
+    assert [r.error for r in responses] == [None, None]
+    first = responses[0].outputs
+    errors = [bytes(e).decode() for e in first["ERROR"].reshape(-1)]
+    assert errors[0] == "" and errors[2] == ""  # the good image; the empty payload is "no image"
+    assert errors[1].startswith("image_encode_error: RuntimeError: tower failed")
+    assert errors[3].startswith("image_aspect_ratio: ")
+    assert first["HAS_IMAGE"].reshape(-1).tolist() == [True, False, False, False]
+    assert not first["EMBEDDING"][1:].any() and first["EMBEDDING"][0].any()
+    assert responses[1].outputs["HAS_IMAGE"].reshape(-1).tolist() == [True]
+
+
+def test_fusion_fails_only_the_item_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = _model_py("fusion", monkeypatch)
+    head, _, _ = load_head()
+    real = head.fusion
+
+    class PoisonedFusion:
+        def type_ids(self, types: list[str], device: torch.device | None = None) -> torch.Tensor:
+            if "POISON" in types:
+                raise KeyError("POISON")
+            return real.type_ids(types, device=device)
+
+        def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+            return real(*args)
+
+    m.head, m.device = types.SimpleNamespace(fusion=PoisonedFusion()), torch.device("cpu")
+    rng = np.random.default_rng(0)
+
+    def request(*product_types: str) -> _Request:
+        n = len(product_types)
+        return _Request(
+            TITLE_EMBEDDING=rng.standard_normal((n, 256)).astype(np.float32),
+            IMAGE_EMBEDDING=rng.standard_normal((n, 256)).astype(np.float32),
+            PRODUCT_TYPE=_texts(*product_types),
+            HAS_TITLE=np.ones((n, 1), np.bool_),
+            HAS_IMAGE=np.ones((n, 1), np.bool_),
+        )
+
+    requests = [request("Shirts", "POISON", "Tshirts"), request("Watches")]
+    responses = m.execute(requests)
+    assert [r.error for r in responses] == [None, None]
+    errors = [bytes(e).decode() for e in responses[0].outputs["ERROR"].reshape(-1)]
+    assert errors[0] == errors[2] == "" and errors[1].startswith("fusion_error: KeyError")
+    emb = responses[0].outputs["EMBEDDING"]
+    assert not emb[1].any() and emb[0].any() and emb[2].any()
+    req = requests[0].inputs  # the good items alone equal what the batch gives them
+    expected = real(
+        torch.from_numpy(req["TITLE_EMBEDDING"].as_numpy()[[0, 2]]),
+        torch.from_numpy(req["IMAGE_EMBEDDING"].as_numpy()[[0, 2]]),
+        real.type_ids(["Shirts", "Tshirts"]),
+        torch.ones(2, dtype=torch.bool),
+        torch.ones(2, dtype=torch.bool),
+    )
+    np.testing.assert_allclose(emb[[0, 2]], expected.detach().numpy(), atol=1e-6)
+
+
+def test_relevance_fails_only_the_request_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = _model_py("relevance", monkeypatch)
+    head, calibration, _ = load_head()
+
+    class Strict:  # a calibration that refuses NaN similarities (a poisoned embedding)
+        def probability(self, sim: torch.Tensor) -> torch.Tensor:
+            if bool(torch.isnan(sim).any()):
+                raise FloatingPointError("NaN similarity")
+            return calibration.probability(sim)
+
+        def label(self, p: float) -> str:
+            return calibration.label(p)
+
+    m.head, m.calibration, m.device = head, Strict(), torch.device("cpu")
+    q = np.ones((2, 256), np.float32)
+    bad = q.copy()
+    bad[1, 0] = np.nan
+    responses = m.execute(
+        [_Request(QUERY_EMBEDDING=q, PRODUCT_EMBEDDING=q), _Request(QUERY_EMBEDDING=q, PRODUCT_EMBEDDING=bad)]
+    )
+    assert responses[0].error is None and responses[1].error is not None
+    assert "relevance: FloatingPointError" in responses[1].error.message()
+    np.testing.assert_allclose(responses[0].outputs["SIMILARITY"].reshape(-1), [1.0, 1.0], atol=1e-6)
+    assert responses[0].outputs["LABEL"].shape == (2, 1)

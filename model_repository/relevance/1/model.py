@@ -4,6 +4,8 @@ QUERY_EMBEDDING [B,D], PRODUCT_EMBEDDING [B,D] FP32 -> SIMILARITY [B,1] FP32 (co
 SCORE [B,1] FP32 (calibrated probability), LABEL [B,1] BYTES (irrelevant|partial|relevant|exact).
 Same arithmetic as `QueryLifeModel.relevance` / `.label`: cosine, then the head's `Calibration`
 (the object training fits and evaluation uses); only the head is loaded, no towers.
+There is no per-item error output: a request that fails by itself gets its own error response and
+the requests batched with it their scores (`querylife.serving.execute_isolated`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import torch
 import torch.nn.functional as F
 import triton_python_backend_utils as pb_utils
 
-from querylife.serving import concat_input, load_head_for_triton, request_sizes, split_responses
+from querylife.serving import (
+    Outputs,
+    concat_input,
+    execute_isolated,
+    load_head_for_triton,
+    request_sizes,
+    split_outputs,
+)
 
 
 class TritonPythonModel:
@@ -23,6 +32,9 @@ class TritonPythonModel:
         self.head, self.calibration, self.device = load_head_for_triton(args, pb_utils)
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        return execute_isolated(requests, self._batch, pb_utils, model="relevance")
+
+    def _batch(self, requests: list[Any]) -> list[Outputs]:
         sizes = request_sizes(requests, "QUERY_EMBEDDING", pb_utils)
         with torch.inference_mode():  # QueryLifeModel.relevance: cosine, then the head's calibration
             query = F.normalize(
@@ -41,4 +53,4 @@ class TritonPythonModel:
         prob = prob_t.cpu().numpy().reshape(-1, 1)
         labels = np.array([self.calibration.label(float(p)).encode() for p in prob[:, 0]], dtype=np.object_)
         labels = labels.reshape(-1, 1)
-        return split_responses(sizes, {"SIMILARITY": sim, "SCORE": prob, "LABEL": labels}, pb_utils)
+        return split_outputs(sizes, {"SIMILARITY": sim, "SCORE": prob, "LABEL": labels})

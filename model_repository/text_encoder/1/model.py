@@ -3,6 +3,8 @@
 TEXT [B,1] BYTES -> EMBEDDING [B,D] FP32, HAS_TEXT [B,1] BOOL. An empty (or blank) string is a
 missing title: its row is zeros with HAS_TEXT false and is not encoded. Identical strings in one
 scheduled batch are encoded once (query_relevance repeats the query for every pair).
+There is no per-item error output: a request that fails by itself gets its own error response and
+the requests batched with it their embeddings (`querylife.serving.execute_isolated`).
 All model code lives in `querylife`; this file only moves tensors.
 """
 
@@ -13,7 +15,14 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from querylife.serving import concat_input, load_model_for_triton, request_sizes, split_responses
+from querylife.serving import (
+    Outputs,
+    concat_input,
+    execute_isolated,
+    load_model_for_triton,
+    request_sizes,
+    split_outputs,
+)
 
 
 class TritonPythonModel:
@@ -21,6 +30,9 @@ class TritonPythonModel:
         self.model = load_model_for_triton(args, pb_utils)
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        return execute_isolated(requests, self._batch, pb_utils, model="text_encoder")
+
+    def _batch(self, requests: list[Any]) -> list[Outputs]:
         sizes = request_sizes(requests, "TEXT", pb_utils)
         raw = concat_input(requests, "TEXT", pb_utils).reshape(-1)
         texts = [b.decode("utf-8", errors="replace") if isinstance(b, bytes) else str(b) for b in raw]
@@ -32,4 +44,4 @@ class TritonPythonModel:
             row = {t: i for i, t in enumerate(unique)}
             idx = [i for i, h in enumerate(has_text) if h]
             emb[idx] = encoded[[row[texts[i]] for i in idx]]
-        return split_responses(sizes, {"EMBEDDING": emb, "HAS_TEXT": has_text.reshape(-1, 1)}, pb_utils)
+        return split_outputs(sizes, {"EMBEDDING": emb, "HAS_TEXT": has_text.reshape(-1, 1)})
