@@ -262,6 +262,8 @@ def ratio_estimate(
         resid = x - r * y
         ybar = sy / n
         var = float(resid @ resid) / ((n - 1) * n * ybar * ybar)
+        if var <= (1e-9 * abs(r)) ** 2:  # equal ratios up to rounding: exactly degenerate
+            var = 0.0
     if 2 <= n < min_units:
         notes.append(f"too few units: {n} < {min_units}, the normal approximation is not trusted")
     if var == 0.0:
@@ -352,7 +354,7 @@ def relative_lift(
             p = 2 * _normal_cdf(-abs(lift) / se)
         else:
             p = nan
-            notes.append("zero variance: no p-value")
+            notes.append("no variance: no p-value" if math.isnan(se) else "zero variance: no p-value")
     diff = mb - ma
     dse = math.sqrt(va + vb)
     z = _z(alpha)
