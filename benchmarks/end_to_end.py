@@ -350,13 +350,13 @@ def produce_products(settings: Settings, rows: list[dict[str, Any]]) -> None:
 
 
 def load_vectors(settings: Settings) -> dict[str, np.ndarray]:
-    from schemas import ProductEmbedding, decode_event
+    from schemas import decode_product_embedding
+    from schemas.embeddings import embedding_array
 
     vectors = {}
     for key, value in read_topic(settings, settings.topics.product_embeddings):
         if key and value:
-            emb = decode_event(ProductEmbedding, value, max_bytes=1 << 20).embedding
-            vectors[key.decode()] = np.asarray(emb, dtype=np.float32)
+            vectors[key.decode()] = embedding_array(decode_product_embedding(value))
     return vectors
 
 

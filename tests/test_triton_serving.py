@@ -73,8 +73,9 @@ def products(data_dir: Path) -> list[Product]:
     return out
 
 
-def in_process(model: QueryLifeModel, products: list[Product]) -> np.ndarray:
-    """The reference: the serving contract of querylife.model, called directly."""
+def in_process(model: QueryLifeModel, products: list[Product], weights: bool = False) -> np.ndarray:
+    """The reference: the serving contract of querylife.model, called directly (fused embeddings, or
+    with `weights` the (title, image) fusion weights that made them)."""
     n = len(products)
     has_title = torch.tensor([p.title is not None for p in products])
     has_image = torch.tensor([p.image is not None for p in products])
@@ -88,8 +89,8 @@ def in_process(model: QueryLifeModel, products: list[Product]) -> np.ndarray:
         model.image_size,
     )
     image[pictured] = model.encode_images(pixels)
-    fused = model.fuse(title, image, [p.product_type for p in products], has_title, has_image)
-    return fused.numpy()
+    fuse = model.fusion_weights if weights else model.fuse
+    return fuse(title, image, [p.product_type for p in products], has_title, has_image).numpy()
 
 
 def settings_for(triton: LocalTriton, protocol: Protocol, **kw: object) -> TritonSettings:
@@ -116,7 +117,7 @@ def test_ready_metadata_and_version(
     raw = grpcclient.InferenceServerClient(triton.grpc_url)
     meta = {m: raw.get_model_metadata(m, as_json=True) for m in (PRODUCT_MODEL, QUERY_MODEL)}
     assert {t["name"] for t in meta[PRODUCT_MODEL]["inputs"]} == {"TITLE", "PRODUCT_TYPE", "IMAGE"}
-    assert {t["name"] for t in meta[PRODUCT_MODEL]["outputs"]} == {"EMBEDDING", "ERROR"}
+    assert {t["name"] for t in meta[PRODUCT_MODEL]["outputs"]} == {"EMBEDDING", "ERROR", "FUSION_WEIGHTS"}
     assert {t["name"] for t in meta[QUERY_MODEL]["inputs"]} == {"QUERY", "PRODUCT_EMBEDDING"}
     assert {t["name"] for t in meta[QUERY_MODEL]["outputs"]} == {"SIMILARITY", "SCORE", "LABEL"}
     for name in ("text_encoder", "image_encoder", "fusion", "relevance", PRODUCT_MODEL, QUERY_MODEL):
@@ -138,6 +139,12 @@ def test_product_embeddings_match_in_process(
     assert got.shape == (len(products), model.embed_dim) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=ATOL)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # the weights that made each embedding (ProductEmbedding v2 carries them to the ranker)
+    weights = np.stack([r.fusion_weights for r in results if r.fusion_weights is not None])
+    np.testing.assert_allclose(weights, in_process(model, products, weights=True), atol=ATOL)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+    no_image = [i for i, p in enumerate(products) if p.image is None]
+    assert no_image and (weights[no_image, 1] == 0.0).all()
 
 
 def test_query_relevance_matches_in_process(
@@ -472,6 +479,9 @@ def test_fusion_fails_only_the_item_that_fails(monkeypatch: pytest.MonkeyPatch) 
 
         def __call__(self, *args: torch.Tensor) -> torch.Tensor:
             return real(*args)
+
+        def weights(self, *args: torch.Tensor) -> torch.Tensor:
+            return real.weights(*args)
 
     m.head, m.device = types.SimpleNamespace(fusion=PoisonedFusion()), torch.device("cpu")
     rng = np.random.default_rng(0)

@@ -16,6 +16,7 @@ from schemas import (
     ABMetrics,
     DeadLetter,
     ProductEmbedding,
+    ProductEmbeddingV2,
     ProductUpsert,
     QueryLog,
     RelevanceScore,
@@ -122,12 +123,17 @@ def test_pipeline_end_to_end(
 
     # --- embeddings: exactly the live products, equal to the model's own product embedding
     state = latest(settings, topics.product_embeddings)
-    embeddings = {k.decode(): decode_event(ProductEmbedding, v) for k, v in state.items() if v is not None}
+    embeddings = {k.decode(): decode_event(ProductEmbeddingV2, v) for k, v in state.items() if v is not None}
     assert set(embeddings) == live_ids
     assert {e.model_version for e in embeddings.values()} == {model.version}
+    assert {(e.dtype, e.dim) for e in embeddings.values()} == {("float32", model.embed_dim)}
+    for e in embeddings.values():  # the weights that made each embedding: title only, or both
+        weights = e.fusion_weights
+        assert abs(weights.title + weights.image - 1) < 1e-4
+        assert weights.image == 0.0 if not e.has_image else 0.0 <= weights.image <= 1.0
     sample = [p for p in catalogue if str(p["product_id"]) in live_ids][:4]
     direct = product_embeddings_in_process(model, data_dir, sample)
-    got = np.stack([embeddings[str(p["product_id"])].embedding for p in sample])
+    got = np.stack([embeddings[str(p["product_id"])].array() for p in sample])
     np.testing.assert_allclose(got, direct, atol=1e-5)
 
     # --- scores: one per impression, equal to the model's direct output; unknown products reported
@@ -141,7 +147,7 @@ def test_pipeline_end_to_end(
     assert len(scored) == len(expected_score_keys) - 1
     text_by_query = {ev.query_id: ev.query for ev in queries}
     q = model.encode_texts([text_by_query[s.query_id] for s in scored])
-    p = torch.tensor(np.stack([embeddings[s.product_id].embedding for s in scored]), dtype=torch.float32)
+    p = torch.tensor(np.stack([embeddings[s.product_id].array() for s in scored]), dtype=torch.float32)
     sim, prob = model.relevance(q, p)
     np.testing.assert_allclose([s.score for s in scored], prob.numpy(), atol=1e-5)
     np.testing.assert_allclose([s.similarity for s in scored], sim.numpy(), atol=1e-5)

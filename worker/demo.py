@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from schemas import EventError, ProductEmbedding, RelevanceScore, decode_event, encode
+from schemas import EventError, RelevanceScore, decode_event, decode_product_embedding, encode
 from worker.cli import DEFAULT_DATA, ab_rows, format_ab_table
 from worker.config import Settings
 from worker.demo_data import load_catalogue, product_event, query_log_events
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ab = ab_rows(settings)
         embeddings = read_topic(settings, settings.topics.product_embeddings)
-        version = decode_event(ProductEmbedding, embeddings[0][1]).model_version if embeddings else "?"
+        version = decode_product_embedding(embeddings[0][1]).model_version if embeddings else "?"
         dead = read_topic(settings, settings.topics.dead_letter)
 
         args.out.mkdir(parents=True, exist_ok=True)

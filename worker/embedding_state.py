@@ -112,11 +112,13 @@ class EmbeddingState:
         self._snapshot_at = time.monotonic() - (0 if restored else float("inf"))
         return len(self)
 
-    def follow(self, timeout_ms: int = 0) -> None:
+    def follow(self, timeout_ms: int = 0) -> int:
+        """Apply what has arrived (waiting up to `timeout_ms` for something); returns how many."""
         applied = self.reader.follow(self._apply, timeout_ms)
         if applied:
             STATE_RECORDS_LOADED.inc(applied)
             self._publish_sizes()
+        return applied
 
     def wait_for(self, product_ids: set[str], wait_s: float, version: str) -> set[str]:
         """The ids still unknown in `version` after following the state while it is behind (<= `wait_s`).
@@ -127,13 +129,14 @@ class EmbeddingState:
         """
         matrix = self.matrices[version]
         missing = {pid for pid in product_ids if pid not in matrix}
-        if missing:
-            self.follow(timeout_ms=0)  # what has arrived, and fresh high watermarks
         deadline = time.monotonic() + wait_s
-        while (missing := {pid for pid in missing if pid not in matrix}) and time.monotonic() < deadline:
-            if not self.reader.behind():
-                break
-            self.follow(timeout_ms=100)
+        while missing and time.monotonic() < deadline:
+            # A poll returns as soon as records arrive, else after 50 ms: at least one fetch round
+            # trip (fetch_max_wait_ms is 20 ms), so an empty one also refreshed the high watermarks.
+            applied = self.follow(timeout_ms=50)
+            missing = {pid for pid in missing if pid not in matrix}
+            if not applied and not self.reader.behind():
+                break  # caught up: waiting longer cannot bring an embedding nobody has written
         # following may also have removed products known at the start (tombstones, rejected records)
         return {pid for pid in product_ids if pid not in matrix}
 

@@ -1,4 +1,8 @@
-"""Product path: catalogue upserts -> Triton `product_embedding` -> compacted embeddings topic."""
+"""Product path: catalogue upserts -> Triton `product_embedding` -> compacted embeddings topic.
+
+Writes `ProductEmbedding` v2 (binary float32 vector and the fusion weights that made it:
+docs/contracts.md); query workers read v1 records left on the topic beside them.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,13 @@ import structlog
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from schemas import EventError, ProductEmbedding, ProductUpsert, encode
+from schemas import EventError, FusionWeights, ProductEmbeddingV2, ProductUpsert, encode
 from worker.config import Settings
 from worker.images import resolve_image
 from worker.inputs import decode_input
 from worker.observability import TRITON_LATENCY
 from worker.outputs import Output, dead_letter
-from worker.triton_client import RelevanceClient
+from worker.triton_client import RelevanceClient, TritonRequestError
 
 log = structlog.get_logger()
 
@@ -63,13 +67,17 @@ class ProductProcessor:
                     err = EventError(reason.strip() or "triton_error", message.strip(), "image")
                     outputs[slot] = dead_letter(rec, err, topics.dead_letter, worker, event.event_id)
                     continue
-                record = ProductEmbedding(
+                if result.fusion_weights is None:  # the client sets them with every embedding
+                    raise TritonRequestError("product_embedding returned an embedding without fusion weights")
+                title_w, image_w = result.fusion_weights
+                record = ProductEmbeddingV2.from_array(
+                    result.embedding,
                     product_id=event.product_id,
                     product_type=event.product_type or "",
-                    embedding=[float(x) for x in result.embedding],
+                    model_version=self.model_version,
+                    fusion_weights=FusionWeights(title=title_w, image=image_w),
                     has_title=event.title is not None,
                     has_image=image is not None,
-                    model_version=self.model_version,
                     source_event_id=event.event_id,
                     updated_at=now,
                 )

@@ -76,6 +76,7 @@ class ProductResult:
 
     embedding: np.ndarray | None
     error: str | None
+    fusion_weights: tuple[float, float] | None = None  # (title, image) that made the embedding
 
 
 @dataclass
@@ -225,12 +226,16 @@ class RelevanceClient:
                     "PRODUCT_TYPE": _bytes_column(product_types[start:end]),
                     "IMAGE": _bytes_column(images[start:end]),
                 },
-                ["EMBEDDING", "ERROR"],
+                ["EMBEDDING", "ERROR", "FUSION_WEIGHTS"],
             )
-            emb, err = out["EMBEDDING"], out["ERROR"].reshape(-1)
-            for row, e in zip(emb, err, strict=True):
+            emb, err, weights = out["EMBEDDING"], out["ERROR"].reshape(-1), out["FUSION_WEIGHTS"]
+            for row, e, w in zip(emb, err, weights, strict=True):
                 message = _decode(e)
-                results.append(ProductResult(None, message) if message else ProductResult(row.copy(), None))
+                results.append(
+                    ProductResult(None, message)
+                    if message
+                    else ProductResult(row.copy(), None, (float(w[0]), float(w[1])))
+                )
         return results
 
     def query_relevance(self, queries: list[str], product_embeddings: np.ndarray) -> list[PairScore]:

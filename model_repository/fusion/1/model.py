@@ -1,7 +1,8 @@
 """Triton python backend: per-product-type fusion of title and image embeddings.
 
 TITLE_EMBEDDING [B,D], IMAGE_EMBEDDING [B,D] FP32, PRODUCT_TYPE [B,1] BYTES, HAS_TITLE [B,1] BOOL,
-HAS_IMAGE [B,1] BOOL, optional IMAGE_ERROR [B,1] BYTES -> EMBEDDING [B,D] FP32, ERROR [B,1] BYTES.
+HAS_IMAGE [B,1] BOOL, optional IMAGE_ERROR [B,1] BYTES -> EMBEDDING [B,D] FP32, ERROR [B,1] BYTES,
+FUSION_WEIGHTS [B,2] FP32 (title, image: the weights that made EMBEDDING, the "why" of a score).
 The fusion itself is the head's `querylife.fusion.Fusion`, exactly what `QueryLifeModel.fuse` calls;
 only the head is loaded (no towers). A row fails (zeros + ERROR) when the image encoder reported an
 error for it, or when it has neither a title nor an image ("no_content: ..."). Whatever else raises
@@ -58,15 +59,17 @@ class TritonPythonModel:
             image_error.extend([bytes(b) for b in t.as_numpy().reshape(-1)] if t is not None else [b""] * n)
         failed: dict[int, bytes] = {}
         if not one_at_a_time:
-            emb = self._fusion(title, image, types, has_title, has_image)
+            emb, weights = self._fusion(title, image, types, has_title, has_image)
         else:
             emb = np.zeros(tuple(title.shape), dtype=np.float32)
+            weights = np.zeros((len(types), 2), dtype=np.float32)
             for i in range(len(types)):
                 rows = slice(i, i + 1)
                 try:
-                    emb[i] = self._fusion(
+                    one, one_weights = self._fusion(
                         title[rows], image[rows], types[rows], has_title[rows], has_image[rows]
-                    )[0]
+                    )
+                    emb[i], weights[i] = one[0], one_weights[0]
                 except Exception as exc:
                     failed[i] = f"fusion_error: {type(exc).__name__}: {exc}"[:500].encode("utf-8")
         errors = np.array(
@@ -77,7 +80,8 @@ class TritonPythonModel:
             dtype=np.object_,
         ).reshape(-1, 1)
         emb[errors.reshape(-1) != b""] = 0.0
-        return {"EMBEDDING": emb, "ERROR": errors}
+        weights[errors.reshape(-1) != b""] = 0.0
+        return {"EMBEDDING": emb, "ERROR": errors, "FUSION_WEIGHTS": weights}
 
     def _fusion(
         self,
@@ -86,13 +90,16 @@ class TritonPythonModel:
         types: list[str],
         has_title: np.ndarray,
         has_image: np.ndarray,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fused embeddings [N,D] and the (title, image) weights [N,2] that made them."""
+        fusion = self.head.fusion
+        args = (
+            title.to(self.device),
+            image.to(self.device),
+            fusion.type_ids(types, device=self.device),
+            torch.from_numpy(has_title).to(self.device),
+            torch.from_numpy(has_image).to(self.device),
+        )
         with torch.inference_mode():  # exactly QueryLifeModel.fuse: the head's type-gated Fusion
-            fused = self.head.fusion(
-                title.to(self.device),
-                image.to(self.device),
-                self.head.fusion.type_ids(types, device=self.device),
-                torch.from_numpy(has_title).to(self.device),
-                torch.from_numpy(has_image).to(self.device),
-            )
-        return np.asarray(fused.float().cpu().numpy())
+            fused, weights = fusion(*args), fusion.weights(*args)
+        return np.asarray(fused.float().cpu().numpy()), np.asarray(weights.float().cpu().numpy())
