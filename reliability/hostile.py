@@ -654,6 +654,9 @@ def scenario_hostile(stack: Stack, sizes: HostileSizes, valid_every: int = 20) -
         cases = corpus(known[:3], sizes.per_family)
         controls = query_logs(known, len(cases) // valid_every + 1, 11, "hv")
         w.start()
+        # probes count from when the process serves them (an orchestrator's startup probe covers the
+        # seconds before); with C CRC32C the corpus is sent faster than the interpreter starts
+        wait_until("the worker's health endpoint", lambda: w.healthz() is not None, 60, every_s=0.2)
         outcomes, sent_controls = _send(settings, cases, controls, valid_every)
         result.events_sent = len(cases)
         healthy: list[int | None] = [w.healthz()]

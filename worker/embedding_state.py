@@ -48,7 +48,12 @@ log = structlog.get_logger()
 
 _MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # schemas.base.ModelVersion
 _V2_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
-DEFAULT_DELETE_RETENTION_MS = 86_400_000  # Kafka's default delete.retention.ms (1 day)
+DEFAULT_DELETE_RETENTION_MS = 86_400_000
+CAUGHT_UP_QUIET_S = 0.2
+"""How long the state must bring nothing new, and not be behind, before a wait for unknown products
+ends: several fetch round trips, so a record written just before the query log is still seen even
+when the broker is slow to answer; a batch naming products nobody embedded pays this, not the
+full `QL_WORKER_UNKNOWN_PRODUCT_WAIT_S`."""  # Kafka's default delete.retention.ms (1 day)
 
 
 class EmbeddingState:
@@ -129,13 +134,15 @@ class EmbeddingState:
         """
         matrix = self.matrices[version]
         missing = {pid for pid in product_ids if pid not in matrix}
-        deadline = time.monotonic() + wait_s
+        quiet_since = time.monotonic()
+        deadline = quiet_since + wait_s
         while missing and time.monotonic() < deadline:
-            # A poll returns as soon as records arrive, else after 50 ms: at least one fetch round
-            # trip (fetch_max_wait_ms is 20 ms), so an empty one also refreshed the high watermarks.
-            applied = self.follow(timeout_ms=50)
+            # a poll returns as soon as records arrive, else after 50 ms (a fetch round trip is
+            # fetch_max_wait_ms = 20 ms); fetches also refresh the high watermarks `behind` reads
+            if self.follow(timeout_ms=50):
+                quiet_since = time.monotonic()
             missing = {pid for pid in missing if pid not in matrix}
-            if not applied and not self.reader.behind():
+            if not self.reader.behind() and time.monotonic() - quiet_since >= CAUGHT_UP_QUIET_S:
                 break  # caught up: waiting longer cannot bring an embedding nobody has written
         # following may also have removed products known at the start (tombstones, rejected records)
         return {pid for pid in product_ids if pid not in matrix}
