@@ -20,7 +20,8 @@ from schemas.codec import decode_versioned
 from schemas.outputs import ProductEmbedding
 
 VectorDType = Literal["float32", "float16"]
-_NUMPY_DTYPE: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+VECTOR_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+"""numpy dtype (little-endian) of each `VectorDType`: how `vector` bytes are read."""
 MAX_DIM = 4096
 
 Weight = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -77,7 +78,7 @@ class ProductEmbeddingV2(StrictModel):
 
     @model_validator(mode="after")
     def _vector_matches(self) -> ProductEmbeddingV2:
-        dtype = _NUMPY_DTYPE[self.dtype]
+        dtype = VECTOR_DTYPES[self.dtype]
         if len(self.vector) != self.dim * dtype.itemsize:
             raise PydanticCustomError(
                 "vector_size",
@@ -95,7 +96,7 @@ class ProductEmbeddingV2(StrictModel):
 
     def array(self) -> np.ndarray:
         """The vector as a read-only numpy array of its dtype (no copy)."""
-        return np.frombuffer(self.vector, dtype=_NUMPY_DTYPE[self.dtype])
+        return np.frombuffer(self.vector, dtype=VECTOR_DTYPES[self.dtype])
 
     def key(self) -> bytes:
         return self.product_id.encode()
@@ -105,7 +106,7 @@ class ProductEmbeddingV2(StrictModel):
         cls, vector: np.ndarray, dtype: VectorDType = "float32", **fields: Any
     ) -> ProductEmbeddingV2:
         """Build from a 1-d array, stored as `dtype` (float16 halves the state; see docs/contracts.md)."""
-        data = np.ascontiguousarray(vector, dtype=_NUMPY_DTYPE[dtype])
+        data = np.ascontiguousarray(vector, dtype=VECTOR_DTYPES[dtype])
         if data.ndim != 1:
             raise ValueError(f"expected a 1-d vector, got shape {data.shape}")
         return cls(dtype=dtype, dim=int(data.shape[0]), vector=data.tobytes(), **fields)

@@ -29,7 +29,8 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
 from schemas import EventError, decode_product_embedding
-from schemas.embeddings import MAX_DIM, embedding_array
+from schemas.base import MODEL_VERSION_PATTERN
+from schemas.embeddings import MAX_DIM, VECTOR_DTYPES, embedding_array
 from worker import state_snapshot
 from worker.config import Settings
 from worker.kafka_io import topic_config
@@ -46,8 +47,7 @@ from worker.vector_matrix import VectorMatrix
 
 log = structlog.get_logger()
 
-_MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # schemas.base.ModelVersion
-_V2_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+_MODEL_VERSION = re.compile(MODEL_VERSION_PATTERN)
 DEFAULT_DELETE_RETENTION_MS = 86_400_000
 CAUGHT_UP_QUIET_S = 0.2
 """How long the state must bring nothing new, and not be behind, before a wait for unknown products
@@ -298,7 +298,7 @@ def _fast_v2(value: bytes) -> tuple[str, np.ndarray] | None:
         doc: Any = orjson.loads(value)
         if not isinstance(doc, dict) or doc.get("schema_version") != 2:
             return None
-        dtype, dim, version = _V2_DTYPES[doc["dtype"]], doc["dim"], doc["model_version"]
+        dtype, dim, version = VECTOR_DTYPES[doc["dtype"]], doc["dim"], doc["model_version"]
         if type(dim) is not int or not 0 < dim <= MAX_DIM or type(version) is not str:
             return None
         # non-strict is ~30 % faster; a payload it would repair cannot pass the exact length check below
@@ -306,7 +306,7 @@ def _fast_v2(value: bytes) -> tuple[str, np.ndarray] | None:
         raw = binascii.a2b_base64(doc["vector"])
     except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error, ValueError):
         return None
-    if len(raw) != dim * dtype.itemsize or not _MODEL_VERSION.match(version):
+    if len(raw) != dim * dtype.itemsize or len(version) > 64 or not _MODEL_VERSION.match(version):
         return None
     vector = np.frombuffer(raw, dtype=dtype)
     if not math.isfinite(float(np.dot(vector, vector))):  # NaN/inf propagate; ~4x cheaper than isfinite
