@@ -5,7 +5,7 @@ install:
 	@scripts/install.sh
 
 demo: install
-	.venv/bin/python -m worker.demo $(ARGS)
+	.venv/bin/python -m harness demo $(ARGS)
 
 test: install
 	scripts/check.sh $(ARGS)

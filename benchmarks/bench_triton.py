@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from querylife.catalogue import catalogue_dir
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "fashion-products"
+DATA = catalogue_dir()  # the full catalogue (flag-free: $QUERYLIFE_DATA or ../shared)
 
 
 @dataclass
@@ -88,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from harness.local_services import LocalTriton, prepare_model_repository
     from querylife.imaging import decode_image, preprocess
     from querylife.model import load_model
     from worker.config import TritonSettings
-    from worker.local_services import LocalTriton, prepare_model_repository
     from worker.triton_client import RelevanceClient
 
     torch.set_num_threads(a.threads)

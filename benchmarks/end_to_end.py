@@ -47,13 +47,14 @@ import torch
 from kafka.structs import TopicPartition
 
 from benchmarks.bench_encoders import _rate as items_per_s
+from harness.demo_data import load_catalogue, product_event, query_log_events
+from harness.local_services import LocalBroker, LocalTriton, ManagedProcess, prepare_model_repository
+from querylife.catalogue import catalogue_dir
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
-from worker.demo_data import load_catalogue, product_event, query_log_events
 from worker.kafka_io import create_topics, make_consumer, make_producer, read_topic
-from worker.local_services import LocalBroker, LocalTriton, ManagedProcess, prepare_model_repository
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "fashion-products"
+DATA = catalogue_dir()  # the full catalogue (flag-free: $QUERYLIFE_DATA or ../shared)
 OUT = REPO / "reports" / "bench"
 P99_TARGET_MS = 50.0
 

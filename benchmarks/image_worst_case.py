@@ -35,6 +35,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from querylife.catalogue import catalogue_dir  # noqa: E402  (the repo root must be importable first)
 from tests.hostile_images import (  # noqa: E402  (the repo root must be importable first)
     animated_webp,
     encode,
@@ -131,7 +132,7 @@ def _icc_chunks() -> bytes:
 
 
 def _catalogue_jpeg() -> bytes:
-    images = REPO.parent / "shared" / "data" / "fashion-products" / "images"
+    images = catalogue_dir() / "images"
     first = min(images.iterdir()) if images.is_dir() else None
     return first.read_bytes() if first else encode(Image.new("RGB", (128, 128), (90, 60, 30)), "JPEG")
 

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from harness.local_services import LocalBroker
 from worker.backoff import Backoff
 from worker.config import KafkaSettings, Settings, TopicSettings, WorkerSettings
 from worker.kafka_io import create_topics, make_producer
-from worker.local_services import LocalBroker
 from worker.outputs import Output
 from worker.publisher import Publisher
 

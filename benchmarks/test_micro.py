@@ -29,11 +29,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from harness.demo_data import load_catalogue, product_event, query_log_events
+from querylife.catalogue import catalogue_dir
 from schemas import ProductUpsert, QueryLog, decode_event, encode
-from worker.demo_data import load_catalogue, product_event, query_log_events
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "fashion-products"
+DATA = catalogue_dir()  # the full catalogue (flag-free: $QUERYLIFE_DATA or ../shared)
 BATCHES = [1, 8, 32]
 
 
@@ -69,8 +70,8 @@ def model() -> Any:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from harness.local_services import LocalTriton, prepare_model_repository
     from worker.config import TritonSettings
-    from worker.local_services import LocalTriton, prepare_model_repository
     from worker.triton_client import RelevanceClient
 
     repo = prepare_model_repository(tmp_path_factory.mktemp("triton") / "model_repository")

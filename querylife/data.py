@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from querylife.catalogue import catalogue_dir
 from querylife.imaging import ImageError, decode_image, preprocess
 from querylife.towers import Towers, build_towers, tower_fingerprint
 
-DEFAULT_DATA_DIR = Path(os.environ.get("QUERYLIFE_DATA", "/work/shared/data/fashion-products"))
+DEFAULT_DATA_DIR = catalogue_dir()
 DEFAULT_CACHE_DIR = Path(os.environ.get("QUERYLIFE_CACHE", ".cache/features"))
 SPLITS = ("train", "val", "test")
 

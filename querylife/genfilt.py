@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from querylife.catalogue import resolve_catalogue, shown_path
 from querylife.evaluate import auc  # one ROC AUC for the model report and the judges
 from querylife.querygen import Query, generate_queries, normalise_type, pluralise
 
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 CACHE_DIR = Path(__file__).resolve().parent / "genfilt_cache"
-DEFAULT_PRODUCTS = Path("/work/shared/data/fashion-products/products.jsonl")
+DEFAULT_PRODUCTS = resolve_catalogue().products
 
 
 # --------------------------------------------------------------------------------------------
@@ -625,7 +626,7 @@ def genfilt_cache_main(argv: Sequence[str] | None = None) -> int:
     judge = make_judge(args.judge, args.model, args.threshold)
     overlap = OverlapJudge()
     cmd = list(sys.argv[1:] if argv is None else argv)
-    report: dict[str, Any] = {"judge": judge.name, "products": str(args.products), "argv": cmd}
+    report: dict[str, Any] = {"judge": judge.name, "products": shown_path(args.products), "argv": cmd}
 
     # 1. Calibrate on labelled pairs from a separately seeded query set.
     if args.threshold is None and args.calib_queries > 0:

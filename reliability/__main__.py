@@ -19,9 +19,9 @@ import orjson
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from harness.local_services import LocalBroker, LocalTriton, prepare_model_repository
 from reliability.faults import ALL_FAULTS, REPO, ScenarioResult, Sizes, Stack
 from reliability.hostile import HostileSizes, scenario_hostile
-from worker.local_services import LocalBroker, LocalTriton, prepare_model_repository
 
 
 def _dlq(result: ScenarioResult) -> str:

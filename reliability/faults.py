@@ -31,6 +31,8 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
+from harness.local_services import LocalBroker, LocalObjectStore, LocalTriton, ManagedProcess, free_port
+from querylife.catalogue import catalogue_dir
 from schemas import (
     ABMetrics,
     DeadLetter,
@@ -45,10 +47,9 @@ from schemas import (
 from worker.ab_metrics import merge
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
 from worker.kafka_io import create_topics, make_consumer, make_producer
-from worker.local_services import LocalBroker, LocalObjectStore, LocalTriton, ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "fashion-products"
+DATA = catalogue_dir()  # the full catalogue (flag-free: $QUERYLIFE_DATA or ../shared)
 S3_SETTLE_S = 5.0  # how long a read of a topic on Tansu's s3 engine waits for stragglers
 SCORE_TOLERANCE = 1e-5  # replays may batch differently in Triton: float noise, not a different value
 
@@ -105,7 +106,7 @@ class Stack:
 
 
 def compute_embeddings(triton: LocalTriton, data_dir: Path, count: int) -> list[ProductEmbedding]:
-    from worker.demo_data import load_catalogue
+    from harness.demo_data import load_catalogue
     from worker.triton_client import RelevanceClient
 
     products = load_catalogue(data_dir, count)

@@ -15,13 +15,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from harness.local_services import LocalBroker, LocalTriton, prepare_model_repository
+from querylife.catalogue import catalogue_dir
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
 from worker.kafka_io import read_topic
-from worker.local_services import LocalBroker, LocalTriton, prepare_model_repository
 from worker.runner import Path_, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "fashion-products"
+DATA = catalogue_dir()  # the full catalogue (flag-free: $QUERYLIFE_DATA or ../shared)
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
+from harness.local_services import LocalBroker
 from tests.conftest import make_settings, wait_until
 from worker.backoff import Backoff
 from worker.config import Settings
 from worker.consumer_loop import ConsumerLoop
 from worker.kafka_io import create_topics, make_consumer, make_producer
-from worker.local_services import LocalBroker
 from worker.observability import Liveness
 from worker.outputs import Output
 from worker.triton_client import TritonUnavailable

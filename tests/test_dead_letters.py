@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
+from harness.local_services import LocalBroker, LocalTriton
 from schemas import LIMITS, DeadLetter, decode_event, encode
 from schemas.limits import DEAD_LETTER_KEY_BYTES, DEAD_LETTER_ORIGINAL_BYTES, MAX_DEAD_LETTER_BYTES
 from tests.conftest import RunningWorker, latest, make_settings, wait_until
 from worker.kafka_io import MAX_INPUT_RECORD_BYTES, MAX_OUTPUT_RECORD_BYTES, create_topics, make_producer
-from worker.local_services import LocalBroker, LocalTriton
 
 
 def test_worker_bounds_the_dead_letter_of_a_max_size_event(broker: LocalBroker, triton: LocalTriton) -> None:

@@ -6,7 +6,8 @@
   no secrets, partitions >= replicas, and only QL_* variables that worker.config.Settings reads;
 - docker/create-topics.sh, run against a stub kafka-topics.sh, creates every TopicSettings topic with
   compaction on the embeddings topic;
-- the worker image (no torch) provides every third-party module that worker/ and schemas/ import;
+- the worker image provides every third-party module that worker/ and schemas/ import, at any depth
+  (that none is torch/querylife is tests/test_imports.py's job);
 - every environment variable the worker reads is documented in docs/deploying.md (README: soft).
 
 `python -m tests.test_deploy` prints the env-var table in Markdown, for the docs.
@@ -14,14 +15,12 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import importlib.resources
 import json
 import os
 import re
 import subprocess
-import sys
 import types
 import typing
 from pathlib import Path
@@ -33,6 +32,7 @@ import yaml
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
+from tests.import_graph import modules, third_party
 from worker.config import Settings, TopicSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +41,9 @@ DOCKER = ROOT / "docker"
 DEPLOYING = ROOT / "docs" / "deploying.md"
 README = ROOT / "README.md"
 
-# Modules of the repository's own packages the worker image installs (--no-deps .).
-FIRST_PARTY = {"worker", "schemas"}
-# Dev-only modules of the worker package, never imported by `qlworker run` (local Tansu/Triton, demo).
-DEV_ONLY = {ROOT / "worker" / "local_services.py", ROOT / "worker" / "demo.py"}
+# Packages of the repository the worker image installs (--no-deps .); tests/test_imports.py proves
+# they import no torch, querylife or harness.
+FIRST_PARTY = ("worker", "schemas")
 
 
 # --------------------------------------------------------------------------- settings catalogue
@@ -400,43 +399,13 @@ def _closure(roots: dict[str, set[str]]) -> set[str]:
     return seen
 
 
-def _import_time_modules(tree: ast.Module) -> list[str]:
-    """Modules imported when the file is imported: not those inside functions (lazy, e.g. demo-only
-    `querylife` imports) nor under `if TYPE_CHECKING:`."""
-    names: list[str] = []
-
-    def visit(nodes: list[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.Import):
-                names.extend(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.append(node.module)
-            elif isinstance(node, ast.If):
-                if "TYPE_CHECKING" not in ast.unparse(node.test):
-                    visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-                for handler in node.handlers:
-                    visit(handler.body)
-                visit(node.orelse)
-                visit(node.finalbody)
-            elif isinstance(node, ast.With | ast.ClassDef):
-                visit(node.body)
-
-    visit(tree.body)
-    return names
-
-
 def _third_party_imports() -> dict[str, set[str]]:
-    """Top-level module -> files importing it at import time, for the code the worker image runs."""
+    """Top-level module -> files importing it (at any depth: function-level imports run too), for the
+    code the worker image carries."""
     found: dict[str, set[str]] = {}
-    files = [p for pkg in FIRST_PARTY for p in (ROOT / pkg).rglob("*.py") if p not in DEV_ONLY]
-    for path in files:
-        for name in _import_time_modules(ast.parse(path.read_text(), str(path))):
-            top = name.split(".")[0]
-            if top not in sys.stdlib_module_names and top not in FIRST_PARTY and top != "__future__":
-                found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    for path in modules(FIRST_PARTY).values():
+        for top in third_party(path):
+            found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found
 
 
@@ -446,11 +415,7 @@ def test_worker_image_provides_every_worker_import() -> None:
     problems = []
     for module, where in sorted(_third_party_imports().items()):
         owners = {_canon(d) for d in dists.get(module, [])}
-        if module == "querylife" or "torch" in owners:
-            problems.append(
-                f"{module} (imported by {sorted(where)}): the worker image has no torch/querylife"
-            )
-        elif not owners & available:
+        if not owners & available:
             problems.append(
                 f"{module} from {sorted(owners) or 'an uninstalled package'} "
                 f"(imported by {sorted(where)}) is missing from docker/worker-requirements.txt"

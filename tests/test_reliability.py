@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.local_services import LocalBroker, LocalTriton
 from reliability.faults import (
     ALL_FAULTS,
     ScenarioResult,
@@ -33,7 +34,6 @@ from reliability.hostile import ANY, QUERY, HostileSizes, corpus, prepare_image_
 from schemas import EventError, ProductUpsert, QueryLog, decode_event
 from worker.config import KafkaSettings
 from worker.images import resolve_image
-from worker.local_services import LocalBroker, LocalTriton
 
 PRODUCTS = ["1163", "1164", "1165"]
 # decodable images that only Triton's decoder can refuse (the schema sees valid magic bytes)

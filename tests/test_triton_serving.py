@@ -22,13 +22,13 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.local_services import LocalTriton, free_port
 from querylife.checkpoint import load_head
 from querylife.imaging import decode_image, preprocess
 from querylife.model import QueryLifeModel, load_model
 from querylife.serving import execute_isolated
 from tests.hostile_images import animated_webp, encode, patch_dimensions, raw_png, with_extra_scans
 from worker.config import TritonSettings
-from worker.local_services import LocalTriton, free_port
 from worker.triton_client import (
     PRODUCT_MODEL,
     QUERY_MODEL,

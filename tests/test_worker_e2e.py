@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from harness.demo_data import load_catalogue, product_event, query_log_events
+from harness.local_services import LocalBroker, LocalTriton
 from schemas import (
     ABMetrics,
     DeadLetter,
@@ -26,9 +28,7 @@ from schemas import (
 from schemas.events import Impression
 from tests.conftest import RunningWorker, latest, make_settings, wait_until
 from worker.ab_metrics import ABAggregator, merge
-from worker.demo_data import load_catalogue, product_event, query_log_events
 from worker.kafka_io import create_topics, make_producer
-from worker.local_services import LocalBroker, LocalTriton
 from worker.triton_client import RelevanceClient
 
 N_PRODUCTS = 20

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness.local_services import LocalBroker, LocalTriton
 from reliability.faults import WorkerProcess
 from schemas import ProductEmbedding, QueryLog, RelevanceScore, decode_event, encode
 from schemas.events import Impression
 from tests.conftest import latest, make_settings, wait_until
 from worker.config import Settings
 from worker.kafka_io import create_topics, make_producer
-from worker.local_services import LocalBroker, LocalTriton
 from worker.triton_client import RelevanceClient
 
 RETRY_MAX_S = 0.5  # QL_WORKER_STARTUP_RETRY_MAX_S: the production default (10 s) would slow the test

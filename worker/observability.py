@@ -3,12 +3,15 @@ metrics port."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -64,24 +67,62 @@ STATE_REJECTED = Counter(
 )
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Fields every line carries, whether it came from structlog or from a stdlib logger (kafka-python).
+_SHARED_PROCESSORS: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+class _JsonHandler(logging.StreamHandler[TextIO]):
+    """The one stderr handler `configure_logging` installs (found again, and replaced, by its type)."""
+
+
 def configure_logging(level: str = "INFO") -> None:
-    """JSON lines on stderr; every record carries its event ids as fields."""
-    logging.basicConfig(level=level, format="%(message)s")
+    """Every line on stderr as one JSON object: structlog's events with their ids as fields, and the
+    stdlib loggers' records (kafka-python's included) through structlog's `ProcessorFormatter`."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_SHARED_PROCESSORS, structlog.stdlib.add_logger_name],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = _JsonHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _JsonHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)  # other handlers (pytest's capture) stay
+    root.setLevel(level)
     # kafka-python logs whole client configs at DEBUG, the SASL password in clear text included
     # (KafkaAdminClient.__init__: "Starting KafkaAdminClient with configuration: ..."), so its loggers
     # stay at INFO or above whatever the root level.
     logging.getLogger("kafka").setLevel(max(logging.INFO, logging.getLevelName(level)))
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *_SHARED_PROCESSORS,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
+    )
+
+
+def add_cli_flags(parser: argparse.ArgumentParser, dist: str = "querylife") -> None:
+    """`--version` and `--log-level`, the flags every CLI of the repository shares."""
+    version = importlib.metadata.version(dist)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="lowest level of the JSON log lines on stderr (kafka-python's stay at INFO or above)",
     )
 
 

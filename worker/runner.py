@@ -137,10 +137,14 @@ def _run_path(
 
 
 def run_worker(
-    settings: Settings, paths: list[Path_], stop: threading.Event | None = None, install_signals: bool = True
+    settings: Settings,
+    paths: list[Path_],
+    stop: threading.Event | None = None,
+    install_signals: bool = True,
+    log_level: str = "INFO",
 ) -> int:
     """Run the given paths until stopped; returns a process exit code."""
-    configure_logging()
+    configure_logging(log_level)
     stop = stop or threading.Event()
     liveness = Liveness(paths=paths)
     server = serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, liveness)

@@ -20,18 +20,19 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from schemas import EventError, RelevanceScore, decode_event, decode_product_embedding, encode
-from worker.cli import DEFAULT_DATA, ab_rows, format_ab_table
-from worker.config import Settings
-from worker.demo_data import load_catalogue, product_event, query_log_events
-from worker.kafka_io import create_topics, make_producer, read_topic
-from worker.local_services import (
+from harness.demo_data import load_catalogue, product_event, query_log_events
+from harness.local_services import (
     LocalBroker,
     LocalTriton,
     ManagedProcess,
     free_port,
     prepare_model_repository,
 )
+from querylife.catalogue import FLAG_HELP, resolve_catalogue
+from schemas import EventError, RelevanceScore, decode_event, decode_product_embedding, encode
+from worker.ab_report import ab_rows, format_ab_table
+from worker.config import Settings
+from worker.kafka_io import create_topics, make_producer, read_topic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,20 +89,28 @@ def _summary(
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qlworker demo", description=__doc__)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's flags, on `qlharness demo`."""
+    parser.add_argument("--data", type=Path, default=None, help=FLAG_HELP)
     parser.add_argument("--products", type=int, default=None, help="limit the catalogue (default: all)")
-    parser.add_argument("--queries", type=int, default=3000)
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "demo")
-    args = parser.parse_args(argv)
-    if not (args.data / "products.jsonl").exists():
-        print(f"catalogue not found at {args.data}; pass --data", file=sys.stderr)
+    parser.add_argument("--queries", type=int, default=3000, help="simulated A/B query logs to replay")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "reports" / "demo", help="folder for the summary and A/B table"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start everything, replay, print the summary, stop everything; returns an exit code."""
+    source = resolve_catalogue(args.data, allow_sample=True)
+    if not source.exists():
+        print(f"catalogue not found at {source.describe()}; pass --data", file=sys.stderr)
         return 2
+    args.data = source.path
 
     work = Path(tempfile.mkdtemp(prefix="querylife-demo-"))
     logs = work / "logs"
     print(f"== Query-LIFE demo (work dir {work})")
+    print(f"   catalogue: {source.describe()}")
     broker = LocalBroker(log_dir=logs)
     triton: LocalTriton | None = None
     workers: list[ManagedProcess] = []
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "== Summary",
             f"model version: {version}",
+            f"catalogue used: {source.describe()}",
             f"catalogue: {len(by_id)} products embedded in {product_s:.1f}s "
             f"({len(by_id) / max(product_s, 1e-9):.1f} products/s incl. image decode)",
             f"query logs: {sent} queries, {impressions} impressions scored in {query_s:.1f}s "
@@ -221,7 +231,3 @@ def main(argv: list[str] | None = None) -> int:
             triton.stop()
         broker.stop()
         print("-- stopped workers, Triton and the broker")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

