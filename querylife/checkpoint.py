@@ -86,8 +86,20 @@ def save_head(
         "calibration": calibration.to_dict(),
     }
     meta.update(extra or {})
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    _write_meta(out, meta)
     return version
+
+
+def _write_meta(out: Path, meta: dict[str, Any]) -> None:
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def save_calibration(path: str | Path, calibration: Calibration) -> None:
+    """Replace only head.json's calibration: weights, version and every other field stay as they are."""
+    src = Path(path)
+    meta = json.loads((src / META_FILE).read_text())
+    meta["calibration"] = calibration.to_dict()
+    _write_meta(src, meta)
 
 
 def load_head(path: str | Path | None = None) -> tuple[Head, Calibration, dict[str, Any]]:

@@ -8,13 +8,16 @@ Metric definitions (per query, averaged):
 - R@k: relevant (grade >= 2) products in the top k / min(k, #relevant) (capped recall, so R@1 is
   precision@1 and a query with many exact matches can still reach 1.0);
 - MRR: reciprocal rank of the first relevant (grade >= 2) product;
-- AUC: calibrated probability, relevant (grade >= 2) vs not, over all test (query, product) pairs.
+- AUC: calibrated probability, relevant (grade >= 2) vs not, over all test (query, product) pairs;
+- labels: each label's precision (named pairs with its grade) and recall (pairs of its grade named),
+  and each stated target's (``calibration.LABEL_TARGETS``), over all test pairs.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
+from querylife.calibration import LABEL_TARGETS, LABELS, LabelTarget, measure
 from querylife.checkpoint import Head, load_head
 
 REPORTS_DIR = Path("reports")
@@ -92,6 +96,33 @@ def expected_calibration_error(prob: np.ndarray, y: np.ndarray, bins: int = 15) 
     return float(ece)
 
 
+def label_metrics(
+    prob: np.ndarray, grades: np.ndarray, thresholds: Sequence[float], targets: Sequence[LabelTarget]
+) -> dict[str, Any]:
+    """Per label (label k vs grade k) and per stated target: share named, precision, recall."""
+    p, g = np.asarray(prob, dtype=np.float64).ravel(), np.asarray(grades).ravel()
+    k = np.searchsorted(np.asarray(thresholds, dtype=np.float64), p, side="right")  # Calibration.label
+    labels: dict[str, dict[str, float]] = {}
+    for grade, name in enumerate(LABELS):
+        named, claimed = k == grade, g == grade
+        tp = float((named & claimed).sum())
+        labels[name] = {
+            "share": float(named.mean()),
+            "precision": tp / max(int(named.sum()), 1),
+            "recall": tp / max(int(claimed.sum()), 1),
+        }
+    stated: dict[str, dict[str, float | bool]] = {}
+    for t in targets:
+        precision, recall = measure(p, g, t, float(thresholds[t.boundary - 1]))
+        stated[t.label] = {
+            "precision": precision,
+            "recall": recall,
+            "precision_met": precision >= t.min_precision,
+            "recall_met": recall >= t.min_recall,
+        }
+    return {"labels": labels, "targets": stated}
+
+
 def evaluate_head(head: Head, calibration: Any, split: Any, per_type_top: int = 12) -> dict[str, Any]:
     """Test metrics for one head on a ``train.SplitData``."""
     from querylife.train import split_similarities
@@ -104,6 +135,8 @@ def evaluate_head(head: Head, calibration: Any, split: Any, per_type_top: int = 
     y = grades >= 2
     res["auc"] = auc(prob, y)
     res["ece"] = expected_calibration_error(prob, y)
+    targets = [f.target for f in getattr(calibration, "label_fits", [])] or list(LABEL_TARGETS)
+    res["labels"] = label_metrics(prob, grades, calibration.thresholds, targets)
     src_types = [split.types[int(j)] for j in split.query_product_idx]
     by_type: dict[str, list[int]] = defaultdict(list)
     for qi, t in enumerate(src_types):
