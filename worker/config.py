@@ -152,10 +152,17 @@ class TritonSettings(BaseSettings):
     root_certificates: Path | None = None
     private_key: Path | None = None
     certificate_chain: Path | None = None
-    timeout_s: float = 30.0
+    # Deadline of one call (a chunk of <= max_batch inputs). A missed deadline is not retried as such:
+    # the batch is isolated (worker/isolation.py) with `isolation_timeout_s` per try, an input is
+    # dead-lettered after failing `isolation_tries` times alone while a canary answers. Together they
+    # bound a partition's stall behind one poison input to about timeout + 7 x isolation timeout
+    # (38 s with these defaults; docs/reliability.md "Client-side isolation").
+    timeout_s: float = Field(default=10.0, gt=0)
     max_batch: int = 256
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
+    isolation_timeout_s: float = Field(default=4.0, gt=0)
+    isolation_tries: int = Field(default=2, ge=1, le=5)
 
     @model_validator(mode="after")
     def _consistent_tls(self) -> TritonSettings:

@@ -41,6 +41,11 @@ E2E_LATENCY = Histogram(
 )
 CONSUMER_LAG = Gauge("querylife_consumer_lag", "High watermark minus position", ["topic", "partition"])
 TRITON_RETRIES = Counter("querylife_triton_retries_total", "Batches retried because Triton was unavailable")
+ISOLATIONS = Counter(
+    "querylife_triton_isolations_total",
+    "Failed Triton batches bisected (outcome: poison found, none found, Triton unhealthy: backed off)",
+    ["outcome"],
+)
 UNKNOWN_PRODUCTS = Counter("querylife_unknown_products_total", "Impressions whose product had no embedding")
 STATE_PRODUCTS = Gauge("querylife_state_products", "Product embeddings held by a query worker")
 UNKNOWN_INPUT_FIELDS = Counter(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import numpy as np
 import structlog
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
@@ -23,10 +25,12 @@ from worker.ab_metrics import ABAggregator, WindowKey
 from worker.config import Settings
 from worker.embedding_state import EmbeddingState
 from worker.inputs import decode_input
+from worker.isolation import Isolator, Poison
 from worker.observability import TRITON_LATENCY, UNKNOWN_PRODUCTS
 from worker.outputs import Output, dead_letter
 from worker.state_reader import TopicReader
-from worker.triton_client import RelevanceClient
+from worker.triton_client import PairScore, RelevanceClient
+from worker.vector_matrix import VectorMatrix
 
 log = structlog.get_logger()
 
@@ -42,80 +46,119 @@ class QueryProcessor:
         self.state = state
         self.model_version = client.model_version()
         self.ab = ABAggregator(settings.worker.ab_window_s)
+        self.isolator: Isolator[QueryLog, dict[str, PairScore]] = Isolator.from_settings(
+            settings.triton, self._canary
+        )
 
     def process(self, records: Sequence[ConsumerRecord]) -> list[Output]:
-        topics = self.settings.topics
-        worker = self.settings.worker.name
         self.state.maybe_snapshot()  # between batches, so a snapshot is consistent; busy workers too
-        outputs: list[Output] = []
+        outputs, events = self._decode(records)
+        shown = {imp.product_id for _, ev in events for imp in ev.impressions}
+        matrix = self.state.matrix(self.model_version)  # only this version's embeddings: never mixed
+        unknown = self.state.wait_for(shown, self.settings.worker.unknown_product_wait_s, self.model_version)
+        if unknown:
+            log.warning("unknown_products", count=len(unknown), sample=sorted(unknown)[:5])
+        now = datetime.now(UTC)
+        counted: list[tuple[ConsumerRecord, QueryLog, dict[str, float]]] = []
+        for (rec, ev), result in zip(events, self._score(events, matrix, unknown), strict=True):
+            if isinstance(result, Poison):  # Triton fails it every time: a letter, no scores, no A/B
+                error = EventError(result.reason, result.message, "query")
+                outputs.append(
+                    dead_letter(rec, error, self.settings.topics.dead_letter, self._worker, ev.event_id)
+                )
+                continue
+            outputs.extend(self._score_outputs(ev, result, unknown, now))
+            missing = [imp for imp in ev.impressions if imp.product_id in unknown]
+            if missing:
+                outputs.append(self._unknown_product_letter(rec, ev, missing))
+            counted.append((rec, ev, {pid: r.score for pid, r in result.items()}))
+        outputs.extend(self._ab_outputs(counted))
+        return outputs
+
+    @property
+    def _worker(self) -> str:
+        return self.settings.worker.name
+
+    def _decode(
+        self, records: Sequence[ConsumerRecord]
+    ) -> tuple[list[Output], list[tuple[ConsumerRecord, QueryLog]]]:
+        """The batch's valid query logs, and a dead letter for every other record."""
+        letters: list[Output] = []
         events: list[tuple[ConsumerRecord, QueryLog]] = []
         for rec in records:
             try:
                 events.append((rec, decode_input(QueryLog, rec)))
             except EventError as exc:
-                outputs.append(dead_letter(rec, exc, topics.dead_letter, worker))
-        shown = {imp.product_id for _, ev in events for imp in ev.impressions}
-        matrix = self.state.matrix(self.model_version)  # only this version's embeddings: never mixed
-        unknown = self.state.wait_for(shown, self.settings.worker.unknown_product_wait_s, self.model_version)
-        pairs = [
-            (i, imp)
-            for i, (_, ev) in enumerate(events)
-            for imp in ev.impressions
-            if imp.product_id not in unknown
-        ]
-        scored = []
-        if pairs:
-            with TRITON_LATENCY.labels("query_relevance").time():
-                scored = self.client.query_relevance(
-                    [events[i][1].query for i, _ in pairs],
-                    matrix.rows([imp.product_id for _, imp in pairs]),
-                )
-        by_event: list[dict[str, float]] = [{} for _ in events]
-        now = datetime.now(UTC)
-        for (i, imp), result in zip(pairs, scored, strict=True):
-            ev = events[i][1]
-            by_event[i][imp.product_id] = result.score
-            score = RelevanceScore(
+                letters.append(dead_letter(rec, exc, self.settings.topics.dead_letter, self._worker))
+        return letters, events
+
+    def _score(
+        self, events: list[tuple[ConsumerRecord, QueryLog]], matrix: VectorMatrix, unknown: set[str]
+    ) -> list[dict[str, PairScore] | Poison]:
+        """Each event's scores by product (its known products), or `Poison` if Triton fails it alone."""
+
+        def call(batch: Sequence[QueryLog], timeout_s: float | None) -> list[dict[str, PairScore]]:
+            client = self.client if timeout_s is None else self.client.with_timeout(timeout_s)
+            pairs = [(n, imp.product_id) for n, ev in enumerate(batch) for imp in ev.impressions]
+            pairs = [(n, pid) for n, pid in pairs if pid not in unknown]
+            out: list[dict[str, PairScore]] = [{} for _ in batch]
+            if pairs:
+                with TRITON_LATENCY.labels("query_relevance").time():
+                    scores = client.query_relevance(
+                        [batch[n].query for n, _ in pairs], matrix.rows([pid for _, pid in pairs])
+                    )
+                for (n, pid), score in zip(pairs, scores, strict=True):
+                    out[n][pid] = score
+            return out
+
+        return self.isolator.run([ev for _, ev in events], call)
+
+    def _canary(self, timeout_s: float) -> None:
+        """A request known to be valid (a unit vector, a one-word query): does Triton answer in time?"""
+        unit = np.zeros((1, self.state.dim), dtype=np.float32)
+        unit[0, 0] = 1.0
+        self.client.with_timeout(timeout_s).query_relevance(["canary"], unit)
+
+    def _score_outputs(
+        self, ev: QueryLog, scores: dict[str, PairScore], unknown: set[str], now: datetime
+    ) -> list[Output]:
+        """A `RelevanceScore` per impression: scored, or `status=unknown_product`."""
+        out: list[Output] = []
+        for imp in ev.impressions:
+            common = functools.partial(
+                RelevanceScore,
                 query_id=ev.query_id,
                 event_id=ev.event_id,
                 product_id=imp.product_id,
                 variant=ev.variant,
                 position=imp.position,
-                score=min(1.0, max(0.0, result.score)),
-                similarity=result.similarity,
-                label=ScoreLabel(result.label),
                 model_version=self.model_version,
                 scored_at=now,
             )
-            outputs.append(Output(topics.relevance_scores, score.key(), encode(score)))
-        for rec, ev in events:
-            missing = [imp for imp in ev.impressions if imp.product_id in unknown]
-            for imp in missing:
-                UNKNOWN_PRODUCTS.inc()
-                report = RelevanceScore(
-                    query_id=ev.query_id,
-                    event_id=ev.event_id,
-                    product_id=imp.product_id,
-                    variant=ev.variant,
-                    position=imp.position,
-                    status="unknown_product",
-                    model_version=self.model_version,
-                    scored_at=now,
+            result = scores.get(imp.product_id)
+            if result is not None:
+                score = common(
+                    score=min(1.0, max(0.0, result.score)),
+                    similarity=result.similarity,
+                    label=ScoreLabel(result.label),
                 )
-                outputs.append(Output(topics.relevance_scores, report.key(), encode(report)))
-            if missing:
-                outputs.append(self._unknown_product_letter(rec, ev, missing))
-        if unknown:
-            log.warning("unknown_products", count=len(unknown), sample=sorted(unknown)[:5])
+            elif imp.product_id in unknown:
+                UNKNOWN_PRODUCTS.inc()
+                score = common(status="unknown_product")
+            else:
+                continue
+            out.append(Output(self.settings.topics.relevance_scores, score.key(), encode(score)))
+        return out
+
+    def _ab_outputs(self, counted: list[tuple[ConsumerRecord, QueryLog, dict[str, float]]]) -> list[Output]:
+        """Add the events to their A/B windows; the updated partial of every window touched."""
         touched: set[WindowKey] = set()
-        for (rec, ev), scores in zip(events, by_event, strict=True):
+        for rec, ev, scores in counted:
             key = self.ab.add(ev, rec.partition, rec.offset, scores)
             if key is not None:
                 touched.add(key)
-        for key in sorted(touched):
-            metrics = self.ab.record(key, self.model_version)
-            outputs.append(Output(topics.ab_metrics, metrics.key(), encode(metrics)))
-        return outputs
+        records = [self.ab.record(key, self.model_version) for key in sorted(touched)]
+        return [Output(self.settings.topics.ab_metrics, m.key(), encode(m)) for m in records]
 
     def _unknown_product_letter(self, rec: ConsumerRecord, ev: QueryLog, missing: list[Impression]) -> Output:
         """The dead letter of a query log naming products without an embedding, beside its scores.

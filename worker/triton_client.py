@@ -7,15 +7,17 @@ Talks to the two ensembles of `model_repository/` (gRPC by default, HTTP with
 - ``query_relevance``: QUERY [B,1] BYTES, PRODUCT_EMBEDDING [B,D] FP32 -> SIMILARITY, SCORE [B,1] FP32,
   LABEL [B,1] BYTES
 
-Transient failures (server down, overloaded, model not ready, timeouts, connection errors) are retried
-with exponential backoff and jitter, at most ``max_attempts`` times per call, then raised as
-`TritonUnavailable` (the worker backs off and retries the batch without committing). Anything else is
-a `TritonRequestError` (a bug or a contract mismatch: retrying would not help).
+Transient failures (server down, overloaded, model not ready, connection errors) are retried with
+exponential backoff and jitter, at most ``max_attempts`` times per call, then raised as
+`TritonUnavailable` (the worker backs off and retries the batch without committing). A missed deadline
+is raised at once as `TritonDeadline` (`worker.isolation` tells a slow Triton from a poison input).
+Anything else is a `TritonRequestError` (refused, or failed inside a model: retrying would not help).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +68,11 @@ class TritonUnavailable(DependencyUnavailable):
     dependency = "triton"
 
 
+class TritonDeadline(TritonUnavailable):
+    """A call missed its deadline. Not retried by the client: retrying the same request with the same
+    deadline is how a batch stalled its partition; `worker.isolation` decides (slow Triton or poison)."""
+
+
 class TritonRequestError(RuntimeError):
     """Not transient: the request was refused or failed inside a model. Retrying will not help."""
 
@@ -94,6 +101,12 @@ def is_transient(exc: BaseException) -> bool:
         return any(t in text for t in _TRANSIENT_TEXT)
     # HTTP client connection failures surface as plain socket errors
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
+def _is_deadline(exc: BaseException) -> bool:
+    if isinstance(exc, InferenceServerException):
+        return str(exc.status()) == "StatusCode.DEADLINE_EXCEEDED"
+    return isinstance(exc, TimeoutError)
 
 
 def _bytes_column(values: Sequence[str | bytes | None]) -> np.ndarray:
@@ -257,6 +270,14 @@ class RelevanceClient:
                 scores.append(PairScore(float(sim), float(score), _decode(label)))
         return scores
 
+    def with_timeout(self, timeout_s: float) -> RelevanceClient:
+        """This client (same connection) with another per-call deadline: short tries while isolating.
+
+        gRPC only: the HTTP client's timeouts belong to its connection, so there it is a no-op."""
+        other = copy.copy(self)
+        other.settings = self.settings.model_copy(update={"timeout_s": timeout_s})
+        return other
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._client.close()
@@ -313,6 +334,8 @@ class RelevanceClient:
             except Exception as exc:
                 if not is_transient(exc):
                     raise TritonRequestError(f"Triton {what} failed: {exc}") from exc
+                if _is_deadline(exc):
+                    raise TritonDeadline(f"Triton {what} missed its deadline: {exc}") from exc
                 if attempt == self.max_attempts:
                     raise TritonUnavailable(
                         f"Triton {what} at {self.settings.url} unavailable after {attempt} attempts: {exc}"
