@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from querylife.checkpoint import load_head
-from querylife.train import embed_products, embed_queries, prepare
+from querylife.splits import embed_products, embed_queries
+from querylife.train import prepare
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "bench" / "state_dtype.json"
 

@@ -187,7 +187,6 @@ def _report(
         zero_shot_text_only,
     )
     from querylife.fusion import per_type_weights, plot_type_weights
-    from querylife.train import embed_products  # noqa: F401  (documented helper)
 
     test = prep.splits["test"]
     rows: list[dict[str, Any]] = [

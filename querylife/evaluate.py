@@ -15,7 +15,6 @@ Metric definitions (per query, averaged):
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,8 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
 from querylife.calibration import LABEL_TARGETS, LABELS, LabelTarget, measure
-from querylife.checkpoint import Head, load_head
+from querylife.checkpoint import Head
+from querylife.splits import SplitData, split_similarities
 
 REPORTS_DIR = Path("reports")
 
@@ -123,10 +123,8 @@ def label_metrics(
     return {"labels": labels, "targets": stated}
 
 
-def evaluate_head(head: Head, calibration: Any, split: Any, per_type_top: int = 12) -> dict[str, Any]:
-    """Test metrics for one head on a ``train.SplitData``."""
-    from querylife.train import split_similarities
-
+def evaluate_head(head: Head, calibration: Any, split: SplitData, per_type_top: int = 12) -> dict[str, Any]:
+    """Test metrics for one head on a split (the test split, in reports)."""
     sims = split_similarities(head, split).numpy()
     grades = split.grades()
     per = per_query_metrics(sims, grades)
@@ -150,7 +148,7 @@ def evaluate_head(head: Head, calibration: Any, split: Any, per_type_top: int = 
     return res
 
 
-def zero_shot_text_only(split: Any) -> dict[str, Any]:
+def zero_shot_text_only(split: SplitData) -> dict[str, Any]:
     """No training at all: raw MiniLM query<->title cosine (images unused: no joint space exists)."""
     q = F.normalize(split.query_feats, dim=-1)
     t = F.normalize(split.title, dim=-1)
@@ -160,10 +158,6 @@ def zero_shot_text_only(split: Any) -> dict[str, Any]:
     res["auc"] = auc(sims, grades >= 2)  # monotone transform: AUC of raw cosine
     res["ece"] = float("nan")
     return res
-
-
-def load_run(path: str | Path) -> tuple[Head, Any, dict[str, Any]]:
-    return load_head(path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,9 +192,7 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> Non
     plt.close(fig)
 
 
-def plot_score_hist(head: Head, calibration: Any, split: Any, path: Path, title: str) -> None:
-    from querylife.train import split_similarities
-
+def plot_score_hist(head: Head, calibration: Any, split: SplitData, path: Path, title: str) -> None:
     plt = _plt()
     sims = split_similarities(head, split).numpy()
     grades = split.grades()
@@ -225,9 +217,7 @@ def plot_score_hist(head: Head, calibration: Any, split: Any, path: Path, title:
     plt.close(fig)
 
 
-def plot_reliability(head: Head, calibration: Any, split: Any, path: Path) -> None:
-    from querylife.train import split_similarities
-
+def plot_reliability(head: Head, calibration: Any, split: SplitData, path: Path) -> None:
     plt = _plt()
     sims = split_similarities(head, split).numpy().ravel()
     y = (split.grades() >= 2).ravel()
@@ -274,7 +264,3 @@ def write_report(rows: list[dict[str, Any]], path: Path, context: dict[str, Any]
         lines += [sec, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-
-
-def dump_json(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")

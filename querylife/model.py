@@ -6,7 +6,6 @@ trained head (``querylife/weights/``). All outputs are deterministic; everything
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +117,6 @@ class QueryLifeModel(torch.nn.Module):
     def label(self, probability: float) -> str:
         """One of the schemas.ScoreLabel values: irrelevant / partial / relevant / exact."""
         return self.calibration.label(float(probability))
-
-    def score_products(self, query_texts: Sequence[str], product_emb: torch.Tensor) -> torch.Tensor:
-        """Cosine-similarity matrix [Q, P] (retrieval / evaluation helper)."""
-        q = self.encode_texts(list(query_texts))
-        return q @ F.normalize(product_emb.to(q.device), dim=-1).t()
 
 
 def load_model(checkpoint_dir: str | Path | None = None, device: str = "cpu") -> QueryLifeModel:

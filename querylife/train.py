@@ -11,8 +11,8 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from querylife.data import (
     text_features_cached,
 )
 from querylife.losses import AlignmentWeights, alignment_loss, info_nce
+from querylife.splits import SplitData, split_similarities
 
 RUNS_DIR = Path(".cache/runs")
 
@@ -109,31 +110,6 @@ def variant_config(name: str, judge: str = "none", **overrides: Any) -> TrainCon
 
 
 @dataclass
-class SplitData:
-    products: list[dict[str, Any]]
-    image: torch.Tensor
-    title: torch.Tensor
-    has_image: torch.Tensor
-    has_title: torch.Tensor
-    types: list[str]
-    queries: list[Any]  # querygen.Query
-    query_feats: torch.Tensor
-    query_product_idx: torch.Tensor  # index (within split) of each query's source product
-    index: dict[str, int] = field(default_factory=dict)
-
-    def grades(self, qs: Sequence[int] | None = None) -> np.ndarray:
-        """Graded labels [Q, P] (int8) for the split's queries over the split's products."""
-        rows = range(len(self.queries)) if qs is None else qs
-        out = np.zeros((len(rows), len(self.products)), dtype=np.int8)
-        for r, qi in enumerate(rows):
-            for pid, g in self.queries[qi].relevance.items():
-                j = self.index.get(pid)
-                if j is not None:
-                    out[r, j] = g
-        return out
-
-
-@dataclass
 class Prepared:
     splits: dict[str, SplitData]
     type_vocab: list[str]
@@ -178,27 +154,6 @@ def prepare(
         )
     vocab = sorted({t for p in splits["train"].products if (t := str(p.get("product_type") or ""))})
     return Prepared(splits=splits, type_vocab=vocab, image_size=image_size, data_hash=data_hash(data_dir))
-
-
-# ------------------------------------------------------------------------------------------------
-# Embedding helpers on cached features.
-
-
-def embed_products(head: Head, s: SplitData, device: torch.device | str = "cpu") -> torch.Tensor:
-    t = F.normalize(head.text_proj(s.title.to(device)), dim=-1)
-    i = F.normalize(head.image_proj(s.image.to(device)), dim=-1)
-    ids = head.fusion.type_ids(s.types, device=torch.device(device))
-    return head.fusion(t, i, ids, s.has_title.to(device), s.has_image.to(device))
-
-
-def embed_queries(head: Head, s: SplitData, device: torch.device | str = "cpu") -> torch.Tensor:
-    return F.normalize(head.text_proj(s.query_feats.to(device)), dim=-1)
-
-
-@torch.no_grad()
-def split_similarities(head: Head, s: SplitData, device: torch.device | str = "cpu") -> torch.Tensor:
-    head.eval()
-    return (embed_queries(head, s, device) @ embed_products(head, s, device).t()).cpu()
 
 
 # ------------------------------------------------------------------------------------------------
