@@ -1,5 +1,6 @@
-"""``querylife`` command line. Subcommands live in ``COMMANDS`` (name -> (help, handler)); colleagues
-register theirs (``genfilt-cache``, ``export``) there with ``register``."""
+"""``querylife``: features, training, evaluation, the full reproduction, GenFilt's cache and the Triton
+export, as argparse subcommands (like ``qlworker``). ``export`` and ``genfilt-cache`` keep their own
+parsers (they also run as modules); those are the subcommands' parents here, so help and checks agree."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-Handler = Callable[[list[str]], int]
-COMMANDS: dict[str, tuple[str, Handler]] = {}
+from querylife import export, genfilt
+from querylife.catalogue import ENV_VAR, FULL_CATALOGUE, catalogue_dir, shown_path
+from querylife.train import RUNS_DIR, VARIANTS
+from worker.observability import add_cli_flags, configure_logging
 
+Handler = Callable[[argparse.Namespace], int]
 ROW_LABELS = {
     "zero_shot_text": "zero-shot: frozen MiniLM query-title cosine (no training, no image)",
     "zero_shot": "zero-shot: projections CLIP-aligned on image-title pairs only (no queries), mean fusion",
@@ -43,14 +47,6 @@ DEFAULT_ORDER = [
 ]
 
 
-def register(name: str, help_text: str) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        COMMANDS[name] = (help_text, fn)
-        return fn
-
-    return deco
-
-
 def _threads(n: int) -> None:
     import torch
 
@@ -58,11 +54,20 @@ def _threads(n: int) -> None:
 
 
 def _common(ap: argparse.ArgumentParser) -> None:
-    from querylife.data import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR
-
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=catalogue_dir(),
+        help=f"catalogue folder (products.jsonl + images/); default: ${ENV_VAR}, "
+        f"else {shown_path(FULL_CATALOGUE)}",
+    )
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("QUERYLIFE_CACHE", ".cache/features")),
+        help="frozen-tower feature cache (default: $QUERYLIFE_CACHE, else %(default)s)",
+    )
+    ap.add_argument("--image-size", type=int, default=128, help="image side the towers see, in pixels")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for tower feature extraction")
     ap.add_argument(
         "--train-threads",
@@ -82,13 +87,9 @@ def default_judge() -> str:
     return "smollm2"
 
 
-@register("features", "extract and cache frozen-tower features for the catalogue")
-def cmd_features(argv: list[str]) -> int:
+def cmd_features(a: argparse.Namespace) -> int:
     from querylife.data import product_features
 
-    ap = argparse.ArgumentParser(prog="querylife features")
-    _common(ap)
-    a = ap.parse_args(argv)
     _threads(a.threads)
     f = product_features(a.data_dir, image_size=a.image_size, cache_dir=a.cache_dir, threads=a.threads)
     print(
@@ -125,22 +126,22 @@ def install_head(run_dir: Path, dest: Path, test_metrics: dict[str, Any] | None 
     return save_head(dest, head, cal, int(meta["image_size"]), extra=extra)
 
 
-@register("train", "train one variant on cached features (see querylife.train.VARIANTS)")
-def cmd_train(argv: list[str]) -> int:
+def _train_args(ap: argparse.ArgumentParser) -> None:
+    _common(ap)
+    ap.add_argument("--variant", default="querylife_full", choices=sorted(VARIANTS), help="what to train")
+    ap.add_argument("--judge", default=None, help="GenFilt judge cache name (default: first that exists)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the variant's epoch count")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (batches, initialisation)")
+    ap.add_argument("--out", type=Path, default=None, help=f"run folder (default: {RUNS_DIR}/<variant>)")
+    ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming a saved state")
+    ap.add_argument("--install", action="store_true", help="also write the head to querylife/weights/")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
     from querylife.checkpoint import DEFAULT_DIR, load_head
     from querylife.evaluate import evaluate_head
-    from querylife.train import RUNS_DIR, VARIANTS, prepare, train, variant_config
+    from querylife.train import prepare, train, variant_config
 
-    ap = argparse.ArgumentParser(prog="querylife train")
-    _common(ap)
-    ap.add_argument("--variant", default="querylife_full", choices=sorted(VARIANTS))
-    ap.add_argument("--judge", default=None, help="GenFilt judge cache name (default: first that exists)")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--no-resume", action="store_true")
-    ap.add_argument("--install", action="store_true", help="also write the head to querylife/weights/")
-    a = ap.parse_args(argv)
     _threads(a.threads)
     over: dict[str, Any] = {"image_size": a.image_size, "seed": a.seed}
     if a.epochs is not None:
@@ -302,19 +303,19 @@ def _report(
     return rows
 
 
-@register("evaluate", "evaluate trained runs on the test split and write reports/model_eval.md")
-def cmd_evaluate(argv: list[str]) -> int:
-    from querylife.train import RUNS_DIR, prepare
-
-    ap = argparse.ArgumentParser(prog="querylife evaluate")
+def _evaluate_args(ap: argparse.ArgumentParser) -> None:
     _common(ap)
-    ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
-    ap.add_argument("--reports", type=Path, default=Path("reports"))
-    a = ap.parse_args(argv)
+    ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where the trained runs are")
+    ap.add_argument("--reports", type=Path, default=Path("reports"), help="where the reports go")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from querylife.train import prepare
+
     _threads(a.threads)
     prep = prepare(a.data_dir, image_size=a.image_size, cache_dir=a.cache_dir)
     runs = {n: a.runs_dir / n for n in DEFAULT_ORDER if (a.runs_dir / n / "metrics.json").exists()}
-    rows = _report(prep, runs, a.reports, "querylife evaluate " + " ".join(argv), [], {})
+    rows = _report(prep, runs, a.reports, _command_line(a), [], {})
     _print_rows(rows)
     return 0
 
@@ -329,22 +330,20 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
         )
 
 
-@register("reproduce", "features + all variants + evaluation table + install the Query-LIFE head")
-def cmd_reproduce(argv: list[str]) -> int:
+def _reproduce_args(ap: argparse.ArgumentParser) -> None:
+    _evaluate_args(ap)
+    ap.add_argument("--judge", default=None, help="GenFilt judge cache name (default: first that exists)")
+    ap.add_argument("--variants", default=",".join(DEFAULT_ORDER), help="comma-separated variants to train")
+    ap.add_argument("--epochs", type=int, default=None, help="override every variant's epoch count")
+    ap.add_argument("--no-install", action="store_true", help="do not install the Query-LIFE head")
+    ap.add_argument("--fresh", action="store_true", help="ignore resumable train state")
+
+
+def cmd_reproduce(a: argparse.Namespace) -> int:
     from querylife.checkpoint import DEFAULT_DIR, load_head
     from querylife.evaluate import evaluate_head
-    from querylife.train import RUNS_DIR, prepare, train, variant_config
+    from querylife.train import prepare, train, variant_config
 
-    ap = argparse.ArgumentParser(prog="querylife reproduce")
-    _common(ap)
-    ap.add_argument("--judge", default=None)
-    ap.add_argument("--variants", default=",".join(DEFAULT_ORDER))
-    ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
-    ap.add_argument("--reports", type=Path, default=Path("reports"))
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--no-install", action="store_true")
-    ap.add_argument("--fresh", action="store_true", help="ignore resumable train state")
-    a = ap.parse_args(argv)
     _threads(a.threads)
     judge = a.judge or default_judge()
     t0 = time.time()
@@ -363,7 +362,7 @@ def cmd_reproduce(argv: list[str]) -> int:
         train(cfg, prep, a.runs_dir / name, resume=True)
         timings[f"train {name}"] = time.time() - t1
         runs[name] = a.runs_dir / name
-    cmd = "querylife reproduce" + (" " + " ".join(argv) if argv else "")
+    cmd = _command_line(a)
     t2 = time.time()
     rows = _report(prep, runs, a.reports, cmd, [], timings)
     timings["evaluate + plots"] = time.time() - t2
@@ -376,28 +375,55 @@ def cmd_reproduce(argv: list[str]) -> int:
     return 0
 
 
-def _genfilt_cache(argv: list[str]) -> int:
-    from querylife.genfilt import genfilt_cache_main
+def _command_line(a: argparse.Namespace) -> str:
+    """The command as typed, for the reports' "generated by" line."""
+    return " ".join(["querylife", *a.argv])
 
-    return int(genfilt_cache_main(argv) or 0)
+
+def _delegated(a: argparse.Namespace) -> list[str]:
+    """The arguments after the subcommand, for commands that parse their own (export, genfilt-cache)."""
+    return list(a.argv[a.argv.index(a.command) + 1 :])
 
 
-COMMANDS.setdefault(
-    "genfilt-cache", ("judge in-batch negatives offline into querylife/genfilt_cache/", _genfilt_cache)
-)
-# `export` (Triton model repository) is registered here by its owner: COMMANDS["export"] = (help, handler)
-COMMANDS["export"] = ("Triton model repo", lambda a: __import__("querylife.export").export.export_cli(a))
+def cmd_genfilt_cache(a: argparse.Namespace) -> int:
+    return int(genfilt.genfilt_cache_main(_delegated(a)) or 0)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    return export.export_cli(_delegated(a))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="querylife", description=__doc__)
+    add_cli_flags(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    own: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {
+        "features": (cmd_features, _common, "extract and cache frozen-tower features for the catalogue"),
+        "train": (cmd_train, _train_args, "train one variant on cached features"),
+        "evaluate": (cmd_evaluate, _evaluate_args, "evaluate trained runs on the test split"),
+        "reproduce": (cmd_reproduce, _reproduce_args, "features, all variants, evaluation, install the head"),
+    }
+    for name, (handler, add_args, help_text) in own.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(func=handler)
+    delegated: dict[str, tuple[Handler, argparse.ArgumentParser, str]] = {
+        "genfilt-cache": (cmd_genfilt_cache, genfilt.build_parser(), "judge in-batch negatives offline"),
+        "export": (cmd_export, export.build_parser(), "add a head version to a Triton model repository"),
+    }
+    for name, (handler, flags, help_text) in delegated.items():
+        p = sub.add_parser(name, parents=[flags], add_help=False, help=help_text, description=help_text)
+        p.set_defaults(func=handler)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
-        print("usage: querylife <command> [options]\n\ncommands:")
-        for name, (help_text, _) in COMMANDS.items():
-            print(f"  {name:<14} {help_text}")
-        return 0 if not args or args[0] in ("-h", "--help") else 2
-    return COMMANDS[args[0]][1](args[1:])
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
+    args.argv = raw
+    configure_logging(args.log_level)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

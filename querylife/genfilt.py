@@ -598,27 +598,32 @@ def _sample_training_texts(queries: Sequence[Query], limit: int | None, seed: in
     return pool if limit is None else pool[:limit]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """`querylife genfilt-cache`'s flags (also the `querylife` CLI's subcommand)."""
+    ap = argparse.ArgumentParser(prog="querylife genfilt-cache", description=genfilt_cache_main.__doc__)
+    ap.add_argument("--judge", default="smollm2", help="overlap | smollm2 | lm (with --model)")
+    ap.add_argument("--model", default=None, help="GGUF file or HF dir for --judge lm")
+    ap.add_argument("--products", type=Path, default=DEFAULT_PRODUCTS, help="the catalogue's products.jsonl")
+    ap.add_argument("--seed", type=int, default=0, help="generator seed; training uses 0")
+    ap.add_argument("--per-product", type=int, default=2, help="queries generated per product (training: 2)")
+    ap.add_argument("--limit", type=int, default=2000, help="unique training query texts to judge")
+    ap.add_argument("--per-query", type=int, default=4, help="candidates per query (K)")
+    ap.add_argument("--calib-queries", type=int, default=150, help="queries whose pairs set the threshold")
+    ap.add_argument("--eval-queries", type=int, default=200, help="held-out queries for the judge's AUC")
+    ap.add_argument("--threshold", type=float, default=None, help="skip calibration, use this")
+    ap.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where <judge>.jsonl and its report go")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (leave cores for others)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    return ap
+
+
 def genfilt_cache_main(argv: Sequence[str] | None = None) -> int:
     """`querylife genfilt-cache`: calibrate a judge, report its AUC vs overlap, then fill the cache.
 
     Keys match training: queries come from generate_queries(products, seed, per_product=2).
     Calibration and evaluation use separately seeded queries and generator labels only.
     """
-    ap = argparse.ArgumentParser(prog="querylife genfilt-cache", description=genfilt_cache_main.__doc__)
-    ap.add_argument("--judge", default="smollm2", help="overlap | smollm2 | lm (with --model)")
-    ap.add_argument("--model", default=None, help="GGUF file or HF dir for --judge lm")
-    ap.add_argument("--products", type=Path, default=DEFAULT_PRODUCTS)
-    ap.add_argument("--seed", type=int, default=0, help="generator seed; training uses 0")
-    ap.add_argument("--per-product", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=2000, help="unique training query texts to judge")
-    ap.add_argument("--per-query", type=int, default=4, help="candidates per query (K)")
-    ap.add_argument("--calib-queries", type=int, default=150)
-    ap.add_argument("--eval-queries", type=int, default=200)
-    ap.add_argument("--threshold", type=float, default=None, help="skip calibration, use this")
-    ap.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (leave cores for others)")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     torch.set_num_threads(args.threads)
     products = _read_products(args.products)
