@@ -49,16 +49,17 @@ class Catalogue:
             "flag": "given with --data",
             "env": f"from ${ENV_VAR}",
             "full": "the full catalogue beside the repository",
-            "sample": "the sample committed in the repository (the full catalogue is absent)",
+            "sample": "the sample committed in the repository; the full catalogue is absent",
         }[self.source]
         return f"{shown_path(self.path)} ({why})"
 
 
 def shown_path(path: Path) -> str:
     """A path relative to the repository when it is inside or beside it, for messages and reports."""
+    full = Path(os.path.abspath(path))  # not resolve(): a symlinked ../shared stays ../shared
     for base, prefix in ((REPO_ROOT, ""), (REPO_ROOT.parent, "../")):
-        if path.resolve().is_relative_to(base):
-            return prefix + str(path.resolve().relative_to(base))
+        if full.is_relative_to(base):
+            return prefix + str(full.relative_to(base))
     return str(path)
 
 
