@@ -46,6 +46,10 @@ create "${QL_TOPIC_PRODUCT_EMBEDDINGS:-querylife.product-embeddings}" \
 # Scores and A/B windows are keyed and replays overwrite them: compacted like worker.kafka_io.topic_specs.
 create "${QL_TOPIC_RELEVANCE_SCORES:-querylife.relevance-scores}" --config cleanup.policy=compact
 create "${QL_TOPIC_AB_METRICS:-querylife.ab-metrics}" --config cleanup.policy=compact
+# Per-unit A/B totals (ABMetrics v2): compacted (a replay overwrites a unit's window) and deleted after
+# 90 days (longer than any experiment plus its analysis; compaction alone keeps every window forever).
+create "${QL_TOPIC_AB_UNITS:-querylife.ab-units}" \
+  --config "cleanup.policy=compact,delete" --config "retention.ms=7776000000"
 create "${QL_TOPIC_DEAD_LETTER:-querylife.dead-letter}" \
   --config cleanup.policy=delete --config "retention.ms=${DLQ_RETENTION_MS}"
 

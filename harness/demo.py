@@ -13,14 +13,20 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 from tqdm import tqdm
 
-from harness.demo_data import load_catalogue, product_event, query_log_events
+from harness.demo_data import (
+    DEMO_EXPERIMENT_ID,
+    demo_experiment,
+    load_catalogue,
+    product_event,
+    query_log_events,
+)
 from harness.local_services import (
     LocalBroker,
     LocalTriton,
@@ -30,8 +36,9 @@ from harness.local_services import (
 )
 from querylife.catalogue import FLAG_HELP, resolve_catalogue
 from schemas import EventError, RelevanceScore, decode_event, decode_product_embedding, encode
-from worker.ab_report import ab_rows, format_ab_table
+from worker.ab_report import ReportError, ReportRequest, read_unit_records, render
 from worker.config import Settings
+from worker.experiments import load_experiments
 from worker.kafka_io import create_topics, make_producer, read_topic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +106,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _declare_experiment(work: Path) -> Path:
+    """The demo's experiment declaration, for the query worker and the report."""
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    path = work / "experiments.json"
+    path.write_bytes(orjson.dumps([demo_experiment(start).model_dump(mode="json")]))
+    return path
+
+
+def _ab_report(settings: Settings, experiments_file: Path, out: Path) -> str:
+    """The lift table by user (written to `out`), and the per-window plot beside it."""
+    records = read_unit_records(settings)
+    experiments = load_experiments(experiments_file)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        table = render(records, experiments, ReportRequest(DEMO_EXPERIMENT_ID, plot=out / "ab_windows.png"))
+    except ReportError as exc:  # a worker-only install: the figures are on the topic, not here
+        return f"(no A/B report: {exc})"
+    (out / "ab_lift.md").write_text(table + "\n")
+    return table + f"\n(plot: {out / 'ab_windows.png'})"
+
+
 def run(args: argparse.Namespace) -> int:
     """Start everything, replay, print the summary, stop everything; returns an exit code."""
     source = resolve_catalogue(args.data, allow_sample=True)
@@ -125,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
             "QL_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
             "QL_TRITON_URL": triton.grpc_url,
             "QL_WORKER_IMAGE_ROOT": str(args.data / "images"),
+            "QL_WORKER_EXPERIMENTS_FILE": str(_declare_experiment(work)),
+            "QL_WORKER_AB_WINDOW_S": "60",  # a window a minute: the plot shows the demo's 10 minutes
         }
         os.environ.update(
             {k: env[k] for k in ("QL_KAFKA_BOOTSTRAP_SERVERS", "QL_TRITON_URL", "QL_WORKER_IMAGE_ROOT")}
@@ -165,7 +195,10 @@ def run(args: argparse.Namespace) -> int:
         sample: list[tuple[str, str]] = []
         sent = 0
         for event, _ in tqdm(
-            query_log_events(catalogue, args.queries), total=args.queries, desc="replay query logs", unit="ev"
+            query_log_events(catalogue, args.queries, experiment_id=DEMO_EXPERIMENT_ID),
+            total=args.queries,
+            desc="replay query logs",
+            unit="ev",
         ):
             producer.send(settings.topics.query_logs, key=event.unit_key(), value=encode(event))
             if len(sample) < 4 and sent % 97 == 5:
@@ -185,13 +218,12 @@ def run(args: argparse.Namespace) -> int:
             timeout_s=1800,
         )
 
-        ab = ab_rows(settings)
+        ab = _ab_report(settings, Path(env["QL_WORKER_EXPERIMENTS_FILE"]), args.out)
         embeddings = read_topic(settings, settings.topics.product_embeddings)
         version = decode_product_embedding(embeddings[0][1]).model_version if embeddings else "?"
         dead = read_topic(settings, settings.topics.dead_letter)
 
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "ab_metrics.md").write_text(format_ab_table(ab) + "\n")
         lines = [
             "",
             "== Summary",
@@ -207,13 +239,14 @@ def run(args: argparse.Namespace) -> int:
             *_summary(settings, by_id, sample),
             "",
             "A/B test (A: overlap ranking; B: A's top 6 + 4 off-query products; simulated shoppers):",
-            format_ab_table(ab),
+            "variants by a hash of the user; intervals by user, delta method (docs/ab_analysis.md):",
+            ab,
             "",
             "Outputs (topics on the demo broker, gone when it stops; copies under "
             f"{args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}):",
             f"  scores for the ranker:  {settings.topics.relevance_scores}",
             f"  embeddings state:       {settings.topics.product_embeddings} (compacted)",
-            f"  A/B metrics:            {settings.topics.ab_metrics}",
+            f"  A/B totals per user:    {settings.topics.ab_units}",
             f"  dead letters:           {settings.topics.dead_letter}",
             f"  worker and server logs: {logs}",
         ]

@@ -6,10 +6,14 @@ from the whole catalogue (a ranker that promotes off-query items, as a regressio
 shoppers click with a probability that grows with the product's true (generated) relevance grade and
 falls with position, and order some of what they click. So B should lose relevance, CTR and
 conversion; the model's relevance scores, which never see the grades, should show the same drop.
+
+Variants are assigned by a hash of the user (salted by the experiment), as a real experiment does:
+one user is always in one arm, so the analysis by user (analysis/ab_stats.py) is valid.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
@@ -22,7 +26,7 @@ from typing import Any
 import orjson
 
 from querylife.querygen import generate_queries
-from schemas import Impression, ProductImage, ProductUpsert, QueryLog
+from schemas import Experiment, Impression, ProductImage, ProductUpsert, QueryLog
 
 ATTRIBUTES = ("colour", "gender", "usage", "season", "master_category", "sub_category")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -103,14 +107,32 @@ class _Ranker:
         return [i for i, _ in ranked[:k]]
 
 
+DEMO_EXPERIMENT_ID = "demo-ranker"
+
+
+def demo_experiment(start: datetime) -> Experiment:
+    """The demo's declaration: users split 50/50 between the control ranker A and B."""
+    return Experiment(
+        experiment_id=DEMO_EXPERIMENT_ID, unit="user", split={"A": 0.5, "B": 0.5}, control="A", start=start
+    )
+
+
+def assign_variant(user_id: str, salt: str = DEMO_EXPERIMENT_ID) -> str:
+    """A or B from a hash of the user: stable, so one user always sees one arm."""
+    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
+    return "A" if int.from_bytes(digest[:8], "big") % 2 == 0 else "B"
+
+
 def query_log_events(
     products: list[dict[str, Any]],
     count: int,
     seed: int = 7,
     start: datetime | None = None,
     impressions_per_query: int = 10,
+    experiment_id: str | None = None,
 ) -> Iterator[tuple[QueryLog, dict[str, int]]]:
-    """`count` query logs alternating variants A/B, each with the true grades of what it showed."""
+    """`count` query logs of 500 simulated users, each user in the arm its hash assigns, each log with
+    the true grades of what it showed; `experiment_id` names the declared experiment (or none)."""
     rng = random.Random(seed)
     queries = generate_queries(products, seed=seed, per_product=1)
     rng.shuffle(queries)
@@ -118,7 +140,8 @@ def query_log_events(
     start = start or datetime.now(UTC) - timedelta(minutes=10)
     for n in range(count):
         query = queries[n % len(queries)]
-        variant = "A" if n % 2 == 0 else "B"
+        user_id = f"u{rng.randrange(500)}"
+        variant = assign_variant(user_id)
         shown = ranker.rank(query.text, impressions_per_query, rng)
         if not shown:
             continue
@@ -142,8 +165,9 @@ def query_log_events(
             event_time=start + timedelta(milliseconds=200 * n),
             query_id=f"qid-{seed}-{n}",
             query=query.text,
-            user_id=f"u{rng.randrange(500)}",
-            session_id=f"s{n // 3}",
+            user_id=user_id,
+            session_id=f"{user_id}-s{n // 3}",
+            experiment_id=experiment_id,
             variant=variant,
             impressions=impressions,
         )

@@ -34,7 +34,7 @@ from kafka.structs import TopicPartition
 from harness.local_services import LocalBroker, LocalObjectStore, LocalTriton, ManagedProcess, free_port
 from querylife.catalogue import catalogue_dir
 from schemas import (
-    ABMetrics,
+    ABMetricsV2,
     DeadLetter,
     EventError,
     Impression,
@@ -44,7 +44,7 @@ from schemas import (
     decode_event,
     encode,
 )
-from worker.ab_metrics import merge
+from worker.ab_metrics import latest_records
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
 from worker.kafka_io import create_topics, make_consumer, make_producer
 
@@ -513,10 +513,10 @@ def account(settings: Settings, events: list[QueryLog], settle_s: float = 0.6) -
         max_diff = max(max_diff, worst)
         identical += same and worst <= SCORE_TOLERANCE
     partials = []
-    for _key, value in read_all(settings, settings.topics.ab_metrics, settle_s=settle_s):
+    for _key, value in read_all(settings, settings.topics.ab_units, settle_s=settle_s):
         with contextlib.suppress(EventError):
-            partials.append(decode_event(ABMetrics, value))
-    ab_queries = sum(r.queries for r in merge(partials, per_window=False))
+            partials.append(decode_event(ABMetricsV2, value))
+    ab_queries = sum(r.searches for r in latest_records(partials))
     return Accounting(
         expected,
         lost_events,

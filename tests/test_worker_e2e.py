@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import torch
 
 from harness.demo_data import load_catalogue, product_event, query_log_events
 from harness.local_services import LocalBroker, LocalTriton
 from schemas import (
-    ABMetrics,
+    ABMetricsV2,
     DeadLetter,
     ProductEmbedding,
     ProductEmbeddingV2,
@@ -27,7 +28,7 @@ from schemas import (
 )
 from schemas.events import Impression
 from tests.conftest import RunningWorker, latest, make_settings, wait_until
-from worker.ab_metrics import ABAggregator, merge
+from worker.ab_metrics import UnitAggregator
 from worker.kafka_io import create_topics, make_producer
 from worker.triton_client import RelevanceClient
 
@@ -107,15 +108,26 @@ def test_pipeline_end_to_end(
         f"{ev.query_id}:{imp.product_id}".encode() for ev in queries for imp in ev.impressions
     }
     wait_until("all scores", lambda: set(latest(settings, topics.relevance_scores)) == expected_score_keys)
-    expected_metric_keys = {
-        f"{ev.variant}:{ABAggregator(settings.worker.ab_window_s).window_start(ev.event_time).isoformat()}:"
-        f"{partitions[ev.event_id]}".encode()
+    window_start = UnitAggregator(settings.worker.ab_window_s, 1.0, {}).window_start
+    expected_unit_keys = {  # no experiment: the unit is the user, else the session, else the search
+        orjson.dumps(
+            [
+                "",
+                ev.user_id or ev.session_id or ev.query_id,
+                ev.variant,
+                model.version,
+                window_start(ev.event_time).isoformat(),
+                partitions[ev.event_id],
+            ]
+        )
         for ev in queries
     }
 
+    def unit_records() -> list[ABMetricsV2]:
+        return [decode_event(ABMetricsV2, v) for v in latest(settings, topics.ab_units).values() if v]
+
     def metrics_complete() -> bool:
-        rows = [decode_event(ABMetrics, v) for v in latest(settings, topics.ab_metrics).values() if v]
-        return sum(r.queries for r in rows) == len(queries)
+        return sum(r.searches for r in unit_records()) == len(queries)
 
     wait_until("A/B metrics", metrics_complete)
     wait_until("dead letters", lambda: len(latest(settings, topics.dead_letter)) == 4)
@@ -154,14 +166,14 @@ def test_pipeline_end_to_end(
     assert all(s.model_version == model.version for s in scored)
 
     # --- A/B metrics: exactly the expected keys; counts exact despite the restart
-    metric_records = [decode_event(ABMetrics, v) for v in latest(settings, topics.ab_metrics).values() if v]
-    assert {r.key() for r in metric_records} == expected_metric_keys
-    overall = {r.variant: r for r in merge(metric_records, per_window=False)}
+    metric_records = unit_records()
+    assert {r.key() for r in metric_records} == expected_unit_keys
     for variant in ("A", "B"):
         mine = [ev for ev in queries if ev.variant == variant]
-        assert overall[variant].queries == len(mine)
-        assert overall[variant].impressions == sum(len(ev.impressions) for ev in mine)
-        assert overall[variant].clicks == sum(imp.clicked for ev in mine for imp in ev.impressions)
+        rows = [r for r in metric_records if r.variant == variant]
+        assert sum(r.searches for r in rows) == len(mine)
+        assert sum(r.impressions for r in rows) == sum(len(ev.impressions) for ev in mine)
+        assert sum(r.clicks for r in rows) == sum(imp.clicked for ev in mine for imp in ev.impressions)
 
     # --- dead letters: the three hostile inputs, each with a specific reason and its original bytes,
     # and the query log naming an unknown product (scored for the rest, but not fully processed)

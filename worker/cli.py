@@ -11,9 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import cast
 
-import orjson
-
-from worker.ab_report import ab_rows, format_ab_table
+from worker import ab_report
 from worker.config import Settings
 from worker.kafka_io import create_topics, read_topic
 from worker.observability import add_cli_flags, configure_logging
@@ -45,12 +43,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_ab_report(args: argparse.Namespace) -> int:
-    rows = ab_rows(Settings())
-    if args.json:
-        print(orjson.dumps([r.model_dump(mode="json") for r in rows], option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(format_ab_table(rows))
-    return 0
+    return ab_report.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run": (cmd_run, "run the streaming worker"),
         "create-topics": (cmd_create_topics, "create the pipeline's topics (idempotent)"),
         "tail": (cmd_tail, "print the last records of a topic"),
-        "ab-report": (cmd_ab_report, "per-variant A/B table merged from the metrics topic"),
+        "ab-report": (cmd_ab_report, "A/B lift table by unit (SRM, intervals) from the ab-units topic"),
     }
     subs = {
         name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in commands.items()
@@ -79,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     subs["tail"].add_argument(
         "--width", type=int, default=240, help="cut each value after this many characters"
     )
-    subs["ab-report"].add_argument(
-        "--json", action="store_true", help="JSON rows instead of a Markdown table"
-    )
+    ab_report.add_arguments(subs["ab-report"])
     return parser
 
 

@@ -116,7 +116,8 @@ class TopicSettings(BaseSettings):
     query_logs: str = "querylife.query-logs"
     product_embeddings: str = "querylife.product-embeddings"
     relevance_scores: str = "querylife.relevance-scores"
-    ab_metrics: str = "querylife.ab-metrics"
+    ab_metrics: str = "querylife.ab-metrics"  # ABMetrics v1, no longer written (docs/contracts.md)
+    ab_units: str = "querylife.ab-units"
     dead_letter: str = "querylife.dead-letter"
     partitions: int = 3
     replication_factor: int = 1
@@ -127,6 +128,7 @@ class TopicSettings(BaseSettings):
         "product_embeddings",
         "relevance_scores",
         "ab_metrics",
+        "ab_units",
         "dead_letter",
     )
 
@@ -196,7 +198,14 @@ class WorkerSettings(BaseSettings):
     image_root: Path | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
-    ab_window_s: int = 300
+    ab_window_s: int = Field(default=300, ge=1)
+    # A/B experiments (docs/ab_analysis.md): a JSON list of `Experiment` declarations, validated at
+    # start; unset, no experiment is declared and query logs naming one are dead-lettered.
+    experiments_file: Path | None = None
+    # Event-time bounds of query logs: |event_time - Kafka record timestamp| beyond this is
+    # `event_time_out_of_bounds`; an A/B window leaves memory once the partition's record timestamps
+    # passed its end by this much, and a later event for it is `late_event` (it never reopens it).
+    event_time_grace_s: float = Field(default=3600.0, gt=0)
     unknown_product_wait_s: float = 2.0
     # Cap of the backoff while a path waits at start for Triton, Kafka or its topics (topic-init may
     # run after the workers); below /healthz's 60 s silence limit, since a waiting worker is alive.

@@ -54,6 +54,9 @@ def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) 
     return KafkaConsumer(**(cfg | overrides))
 
 
+AB_UNITS_RETENTION_MS = 90 * 24 * 3600 * 1000
+
+
 def topic_specs(topics: TopicSettings) -> list[NewTopic]:
     """Every topic of the pipeline; the embeddings topic is compacted (it is a table, keyed by product)."""
     keep_week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
@@ -64,6 +67,8 @@ def topic_specs(topics: TopicSettings) -> list[NewTopic]:
         topics.product_embeddings: {"cleanup.policy": "compact"},
         topics.relevance_scores: {"cleanup.policy": "compact"},
         topics.ab_metrics: {"cleanup.policy": "compact"},
+        # a unit's window is rewritten as it grows; 90 days outlive any experiment and its analysis
+        topics.ab_units: {"cleanup.policy": "compact,delete", "retention.ms": str(AB_UNITS_RETENTION_MS)},
         topics.dead_letter: {"retention.ms": str(30 * 24 * 3600 * 1000)},
     }
     return [

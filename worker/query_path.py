@@ -12,7 +12,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from schemas import (
-    ABMetrics,
+    ABMetricsV2,
     EventError,
     Impression,
     QueryLog,
@@ -21,9 +21,10 @@ from schemas import (
     decode_event,
     encode,
 )
-from worker.ab_metrics import ABAggregator, WindowKey
+from worker.ab_metrics import UnitAggregator
 from worker.config import Settings
 from worker.embedding_state import EmbeddingState
+from worker.experiments import load_experiments
 from worker.inputs import decode_input
 from worker.isolation import Isolator, Poison
 from worker.observability import TRITON_LATENCY, UNKNOWN_PRODUCTS
@@ -45,7 +46,10 @@ class QueryProcessor:
         self.client = client
         self.state = state
         self.model_version = client.model_version()
-        self.ab = ABAggregator(settings.worker.ab_window_s)
+        worker = settings.worker
+        self.ab = UnitAggregator(
+            worker.ab_window_s, worker.event_time_grace_s, load_experiments(worker.experiments_file)
+        )
         self.isolator: Isolator[QueryLog, dict[str, PairScore]] = Isolator.from_settings(
             settings.triton, self._canary
         )
@@ -86,10 +90,15 @@ class QueryProcessor:
         letters: list[Output] = []
         events: list[tuple[ConsumerRecord, QueryLog]] = []
         for rec in records:
+            event: QueryLog | None = None
             try:
-                events.append((rec, decode_input(QueryLog, rec)))
+                event = decode_input(QueryLog, rec)
+                self.ab.check_event_time(event, rec)  # out of bounds: a letter, no scores, no A/B
+                events.append((rec, event))
             except EventError as exc:
-                letters.append(dead_letter(rec, exc, self.settings.topics.dead_letter, self._worker))
+                event_id = event.event_id if event is not None else None
+                topic = self.settings.topics.dead_letter
+                letters.append(dead_letter(rec, exc, topic, self._worker, event_id))
         return letters, events
 
     def _score(
@@ -151,14 +160,14 @@ class QueryProcessor:
         return out
 
     def _ab_outputs(self, counted: list[tuple[ConsumerRecord, QueryLog, dict[str, float]]]) -> list[Output]:
-        """Add the events to their A/B windows; the updated partial of every window touched."""
-        touched: set[WindowKey] = set()
-        for rec, ev, scores in counted:
-            key = self.ab.add(ev, rec.partition, rec.offset, scores)
-            if key is not None:
-                touched.add(key)
-        records = [self.ab.record(key, self.model_version) for key in sorted(touched)]
-        return [Output(self.settings.topics.ab_metrics, m.key(), encode(m)) for m in records]
+        """Add the events to their units' A/B windows: the updated totals, and beside its scores a
+        letter for each event not counted (late, undeclared experiment, no unit id)."""
+        topics = self.settings.topics
+        outputs, refused = self.ab.count(counted, self.model_version, topics.ab_units)
+        for i, error in refused.items():
+            rec, ev, _ = counted[i]
+            outputs.append(dead_letter(rec, error, topics.dead_letter, self._worker, ev.event_id))
+        return outputs
 
     def _unknown_product_letter(self, rec: ConsumerRecord, ev: QueryLog, missing: list[Impression]) -> Output:
         """The dead letter of a query log naming products without an embedding, beside its scores.
@@ -180,28 +189,27 @@ class QueryProcessor:
         )
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        """Restore the A/B partials of the partitions taken over, so nothing is counted twice."""
+        """Restore the open A/B windows of the partitions taken over, so nothing is counted twice."""
         owned = {tp.partition for tp in partitions}
-        found: list[ABMetrics] = []
+        found: list[ABMetricsV2] = []
+        horizon: dict[int, datetime] = {}
 
         def apply(rec: ConsumerRecord) -> None:
-            if rec.value is None:
+            if rec.value is None or not self.ab.wants(rec.key, owned, horizon):
                 return
             try:
-                metrics = decode_event(ABMetrics, rec.value)
+                found.append(decode_event(ABMetricsV2, rec.value))
             except EventError:
                 return
-            if metrics.source_partition in owned:
-                found.append(metrics)
 
-        reader = TopicReader(self.settings.kafka, self.settings.topics.ab_metrics)
+        reader = TopicReader(self.settings.kafka, self.settings.topics.ab_units)
         try:
             # bounded below /healthz's 60 s: a slow read is retried by the loop, not a dead worker
             reader.read_to_end(apply, stall_s=30.0)
         finally:
             reader.close()
-        self.ab.restore(found)
-        log.info("ab_state_restored", partitions=sorted(owned), windows=len(found))
+        restored = self.ab.restore(found, owned)
+        log.info("ab_state_restored", partitions=sorted(owned), records=len(found), windows=restored)
 
     def on_revoked(self, partitions: set[TopicPartition]) -> None:
         self.ab.drop_partitions({tp.partition for tp in partitions})

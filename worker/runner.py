@@ -93,7 +93,7 @@ def build_loop(
         group, topic, only_here = settings.worker.product_group, topics.product_upserts, []
     else:
         group, topic = settings.worker.query_group, topics.query_logs
-        only_here = [topics.relevance_scores, topics.ab_metrics]
+        only_here = [topics.relevance_scores, topics.ab_units]
     # Topics are never auto-created (compose disables it): a path waits until topic-init made all it uses.
     needed = {topic, topics.product_embeddings, topics.dead_letter, *only_here}
     if retry("topics", lambda: require_topics(settings.kafka, needed)) is None:
