@@ -52,6 +52,7 @@ from harness.local_services import LocalBroker, LocalTriton, ManagedProcess, pre
 from querylife.catalogue import catalogue_dir
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
 from worker.kafka_io import create_topics, make_consumer, make_producer, read_topic
+from worker.triton_client import RelevanceClient
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = catalogue_dir()  # the full catalogue (flag-free: $QUERYLIFE_DATA or ../shared)
@@ -189,6 +190,7 @@ def bench_settings(broker: LocalBroker, triton: LocalTriton, tag: str) -> Settin
             image_root=DATA / "images",
             name=f"bench{tag}",
             unknown_product_wait_s=0.5,
+            model_version=RelevanceClient(TritonSettings(url=triton.grpc_url)).resolve_version(),
         ),
     )
 
@@ -209,6 +211,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "QL_WORKER_UNKNOWN_PRODUCT_WAIT_S": str(settings.worker.unknown_product_wait_s),
             "QL_WORKER_BATCH_MAX_EVENTS": str(settings.worker.batch_max_events),
             "QL_WORKER_BATCH_MAX_WAIT_MS": str(settings.worker.batch_max_wait_ms),
+            "QL_WORKER_MODEL_VERSION": str(settings.worker.model_version),
         }
     )
     env.update(settings.topics.name_env())
@@ -285,7 +288,6 @@ def batch_sweep(
 ) -> list[dict[str, Any]]:
     """Items/s of one synchronous caller at each batch size: Triton round trip vs in-process."""
     from querylife.imaging import decode_image, preprocess
-    from worker.triton_client import RelevanceClient
 
     client = RelevanceClient(TritonSettings(url=triton.grpc_url, max_batch=64))
     rng = np.random.default_rng(0)
@@ -355,7 +357,8 @@ def load_vectors(settings: Settings) -> dict[str, np.ndarray]:
     from schemas.embeddings import embedding_array
 
     vectors = {}
-    for key, value in read_topic(settings, settings.topics.product_embeddings):
+    assert settings.worker.model_version is not None
+    for key, value in read_topic(settings, settings.topics.embeddings_for(settings.worker.model_version)):
         if key and value:
             vectors[key.decode()] = embedding_array(decode_product_embedding(value))
     return vectors
@@ -540,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model()
         rows = load_catalogue(DATA, n_products)
         jpegs = [(DATA / "images" / p["image_path"]).read_bytes() for p in rows]
-        create_topics(settings.kafka, settings.topics)
+        create_topics(settings)
 
         if not args.no_sweep:
             print("1. throughput vs batch size (one synchronous caller)", flush=True)
@@ -552,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         # ---- product upserts, backlogged
         print(f"2. product upserts: {len(rows)} backlogged", flush=True)
         produce_products(settings, rows)
-        embeddings = Follower(settings, settings.topics.product_embeddings)
+        assert settings.worker.model_version is not None
+        embeddings = Follower(settings, settings.topics.embeddings_for(settings.worker.model_version))
         m0 = triton_metrics(triton)
         worker = start_worker(settings, "product", work)
         workers.append(worker)

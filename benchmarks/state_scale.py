@@ -136,12 +136,13 @@ def child_load(args: argparse.Namespace) -> int:
     """`load` subcommand: build the state as a query worker does, print one JSON line."""
     from worker.embedding_state import EmbeddingState
 
-    topics = TopicSettings(product_embeddings=args.topic)
+    prefix = args.topic.removesuffix(f".{VERSION}")  # the state reads `<prefix>.<version>`
+    topics = TopicSettings(product_embeddings=prefix)
     worker = WorkerSettings(state_dtype=args.dtype, state_dir=args.state_dir, state_stall_s=60)
     settings = Settings(kafka=KafkaSettings(bootstrap_servers=args.bootstrap), topics=topics, worker=worker)
     rss_before = _peak_rss()
     started = time.perf_counter()
-    state = EmbeddingState(settings, DIM, [VERSION])
+    state = EmbeddingState(settings, DIM, VERSION)
     state.load()
     seconds = time.perf_counter() - started
     matrix = state.matrix(VERSION)
@@ -176,8 +177,8 @@ def _peak_rss() -> int:
 def run_size(broker: LocalBroker, n: int, dtypes: list[str]) -> dict[str, Any]:
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
     topics = TopicSettings.namespaced(f"scale{n}-{uuid.uuid4().hex[:6]}")
-    create_topics(kafka, topics)
-    topic = topics.product_embeddings
+    create_topics(Settings(kafka=kafka, topics=topics, worker=WorkerSettings(model_version=VERSION)))
+    topic = topics.embeddings_for(VERSION)
     sample: dict[str, Any] = {"n": n}
     t = time.perf_counter()
     sample["write_rate"], sample["record_bytes"] = fill(kafka, topic, n, seed=1)

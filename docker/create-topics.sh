@@ -39,10 +39,14 @@ input_size=(--config "max.message.bytes=2162688")
 
 create "${QL_TOPIC_PRODUCT_UPSERTS:-querylife.product-upserts}" "${delete_policy[@]}" "${input_size[@]}"
 create "${QL_TOPIC_QUERY_LOGS:-querylife.query-logs}" "${delete_policy[@]}" "${input_size[@]}"
-# Latest embedding per product id: compacted, so a query worker can rebuild its whole in-memory state
-# by reading the topic from the beginning; a small dirty ratio and hourly segments keep that read short.
-create "${QL_TOPIC_PRODUCT_EMBEDDINGS:-querylife.product-embeddings}" \
-  --config cleanup.policy=compact --config min.cleanable.dirty.ratio=0.1 --config segment.ms=3600000
+# Latest embedding per product id of each served model version, one topic per version
+# (<prefix>.<version>, docs/contracts.md): compacted, so a query worker can rebuild its whole in-memory
+# state by reading the topic from the beginning; a small dirty ratio and hourly segments keep that read
+# short. A rollout's candidate gets its topic from `qlworker create-topics --model-version V`.
+for version in ${QL_WORKER_MODEL_VERSION:-} ${QL_WORKER_SHADOW_MODEL_VERSION:-}; do
+  create "${QL_TOPIC_PRODUCT_EMBEDDINGS:-querylife.product-embeddings}.${version}" \
+    --config cleanup.policy=compact --config min.cleanable.dirty.ratio=0.1 --config segment.ms=3600000
+done
 # Scores and A/B windows are keyed and replays overwrite them: compacted like worker.kafka_io.topic_specs.
 create "${QL_TOPIC_RELEVANCE_SCORES:-querylife.relevance-scores}" --config cleanup.policy=compact
 create "${QL_TOPIC_AB_METRICS:-querylife.ab-metrics}" --config cleanup.policy=compact
@@ -52,6 +56,8 @@ create "${QL_TOPIC_AB_UNITS:-querylife.ab-units}" \
   --config "cleanup.policy=compact,delete" --config "retention.ms=7776000000"
 create "${QL_TOPIC_DEAD_LETTER:-querylife.dead-letter}" \
   --config cleanup.policy=delete --config "retention.ms=${DLQ_RETENTION_MS}"
+# Shadow comparisons during a rollout: read by `qlworker rollout report`, then no longer needed.
+create "${QL_TOPIC_SHADOW_SCORES:-querylife.shadow-scores}" "${delete_policy[@]}"
 
 echo "topic-init: done"
 "$KAFKA_TOPICS" "${common[@]}" --list

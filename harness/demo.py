@@ -35,11 +35,12 @@ from harness.local_services import (
     prepare_model_repository,
 )
 from querylife.catalogue import FLAG_HELP, resolve_catalogue
-from schemas import EventError, RelevanceScore, decode_event, decode_product_embedding, encode
+from schemas import EventError, RelevanceScore, decode_event, encode
 from worker.ab_report import ReportError, ReportRequest, read_unit_records, render
-from worker.config import Settings
+from worker.config import Settings, TritonSettings
 from worker.experiments import load_experiments
 from worker.kafka_io import create_topics, make_producer, read_topic
+from worker.triton_client import RelevanceClient
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         print("-- starting Tansu (Kafka protocol) and Triton on 127.0.0.1")
         broker.start()
         triton = LocalTriton(repo, log_dir=logs).start()
+        with RelevanceClient(TritonSettings(url=triton.grpc_url)) as client:
+            version = client.resolve_version()  # the one version exported: the committed head
         env = {
             **os.environ,
             "QL_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
@@ -155,12 +158,11 @@ def run(args: argparse.Namespace) -> int:
             "QL_WORKER_IMAGE_ROOT": str(args.data / "images"),
             "QL_WORKER_EXPERIMENTS_FILE": str(_declare_experiment(work)),
             "QL_WORKER_AB_WINDOW_S": "60",  # a window a minute: the plot shows the demo's 10 minutes
+            "QL_WORKER_MODEL_VERSION": version,
         }
-        os.environ.update(
-            {k: env[k] for k in ("QL_KAFKA_BOOTSTRAP_SERVERS", "QL_TRITON_URL", "QL_WORKER_IMAGE_ROOT")}
-        )
+        os.environ.update({k: v for k, v in env.items() if k.startswith("QL_")})
         settings = Settings()
-        create_topics(settings.kafka, settings.topics)
+        create_topics(settings)
         print(f"   broker {broker.bootstrap}, triton grpc {triton.grpc_url}, metrics {triton.metrics_url}")
 
         catalogue = load_catalogue(args.data, args.products)
@@ -186,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
 
         product_s = _wait_for(
             settings,
-            settings.topics.product_embeddings,
+            settings.topics.embeddings_for(version),
             len(by_id),
             "product embeddings",
             workers,
@@ -219,8 +221,6 @@ def run(args: argparse.Namespace) -> int:
         )
 
         ab = _ab_report(settings, Path(env["QL_WORKER_EXPERIMENTS_FILE"]), args.out)
-        embeddings = read_topic(settings, settings.topics.product_embeddings)
-        version = decode_product_embedding(embeddings[0][1]).model_version if embeddings else "?"
         dead = read_topic(settings, settings.topics.dead_letter)
 
         args.out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
             "Outputs (topics on the demo broker, gone when it stops; copies under "
             f"{args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}):",
             f"  scores for the ranker:  {settings.topics.relevance_scores}",
-            f"  embeddings state:       {settings.topics.product_embeddings} (compacted)",
+            f"  embeddings state:       {settings.topics.embeddings_for(version)} (compacted)",
             f"  A/B totals per user:    {settings.topics.ab_units}",
             f"  dead letters:           {settings.topics.dead_letter}",
             f"  worker and server logs: {logs}",

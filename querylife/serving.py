@@ -1,8 +1,8 @@
 """What every Triton python-backend model of `model_repository/` shares, in one place.
 
 The python backend hands `initialize()` the model config as JSON and `execute()` a list of queued
-requests. These helpers read the config (threads, device, the stamped `querylife_version`), load the
-exported checkpoint and refuse a stamp/checkpoint mismatch, batch/split requests, and isolate
+requests. These helpers read the config (threads, device), load the checkpoint of the version
+directory Triton started (it names its own Query-LIFE version), batch/split requests, and isolate
 failures (`execute_isolated`), so each `model.py` only says what its model computes.
 `triton_python_backend_utils` exists only inside Triton, so it is passed in (`pb`) rather than
 imported here.
@@ -52,29 +52,17 @@ class TritonModelArgs:
             )
         return cls(params, device, checkpoint)
 
-    def check_stamp(self, version: str, pb: Any) -> None:
-        """The version a config advertises must be the version of the weights it serves."""
-        stamped = self.params.get("querylife_version")
-        if stamped != version:
-            raise pb.TritonModelException(
-                f"config.pbtxt stamps querylife_version={stamped!r} but {self.checkpoint} holds "
-                f"{version!r}; re-run `querylife export`"
-            )
-
 
 def load_model_for_triton(args: dict[str, Any], pb: Any) -> QueryLifeModel:
     """Towers + head (encoders)."""
     parsed = TritonModelArgs.parse(args, pb)
-    model = load_model(parsed.checkpoint, device=str(parsed.device))
-    parsed.check_stamp(model.version, pb)
-    return model
+    return load_model(parsed.checkpoint, device=str(parsed.device))
 
 
 def load_head_for_triton(args: dict[str, Any], pb: Any) -> tuple[Head, Calibration, torch.device]:
     """Only the trained head (fusion, relevance): no towers, ~5 s and ~500 MB less per stub."""
     parsed = TritonModelArgs.parse(args, pb)
-    head, calibration, meta = load_head(parsed.checkpoint)
-    parsed.check_stamp(str(meta["version"]), pb)
+    head, calibration, _ = load_head(parsed.checkpoint)
     return head.to(parsed.device).eval(), calibration, parsed.device
 
 

@@ -33,6 +33,7 @@ from kafka.structs import TopicPartition
 
 from harness.local_services import LocalBroker, LocalObjectStore, LocalTriton, ManagedProcess, free_port
 from querylife.catalogue import catalogue_dir
+from querylife.checkpoint import DEFAULT_DIR, META_FILE
 from schemas import (
     ABMetricsV2,
     DeadLetter,
@@ -105,6 +106,15 @@ class Stack:
         return self._embeddings[:count]
 
 
+# the committed head: the one version a fault run's Triton serves, named by every worker it starts
+SERVED_VERSION: str = orjson.loads((DEFAULT_DIR / META_FILE).read_bytes())["version"]
+_WORKER_DEFAULTS: dict[str, Any] = {
+    "batch_max_events": 32,
+    "unknown_product_wait_s": 0.2,
+    "model_version": SERVED_VERSION,
+}
+
+
 def compute_embeddings(triton: LocalTriton, data_dir: Path, count: int) -> list[ProductEmbedding]:
     from harness.demo_data import load_catalogue
     from worker.triton_client import RelevanceClient
@@ -148,7 +158,7 @@ def fresh_settings(bootstrap: str, triton_url: str, **worker: Any) -> Settings:
             product_group=f"r{tag}-product",
             query_group=f"r{tag}-query",
             name=f"rel-{tag}",
-            **({"batch_max_events": 32, "unknown_product_wait_s": 0.2} | worker),
+            **(_WORKER_DEFAULTS | worker),
         ),
     )
 
@@ -178,6 +188,8 @@ def worker_env(settings: Settings, name: str, metrics_port: int = 0, **extra: st
     }
     if w.image_root is not None:
         env["QL_WORKER_IMAGE_ROOT"] = str(w.image_root)
+    if w.model_version is not None:
+        env["QL_WORKER_MODEL_VERSION"] = w.model_version
     env.update(t.name_env())
     return env | extra
 
@@ -371,11 +383,12 @@ def query_logs(product_ids: list[str], count: int, seed: int, prefix: str) -> li
 
 
 def seed_state(settings: Settings, embeddings: Iterable[ProductEmbedding]) -> None:
-    create_topics(settings.kafka, settings.topics)
+    create_topics(settings)
     producer = make_producer(settings.kafka)
     try:
         for emb in embeddings:
-            producer.send(settings.topics.product_embeddings, key=emb.product_id.encode(), value=encode(emb))
+            topic = settings.topics.embeddings_for(emb.model_version)
+            producer.send(topic, key=emb.product_id.encode(), value=encode(emb))
         producer.flush(30)
     finally:
         producer.close(5)

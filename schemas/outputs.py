@@ -8,7 +8,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, field_serializer, field_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from schemas.base import EventTime, Identifier, StrictModel, Variant
 from schemas.limits import DEAD_LETTER_KEY_BYTES, DEAD_LETTER_ORIGINAL_BYTES, LIMITS
@@ -64,7 +65,20 @@ class RelevanceScore(StrictModel):
     similarity: float | None = None
     label: Annotated[ScoreLabel, Field(strict=False)] | None = None  # JSON carries the enum as a string
     model_version: str
+    # added within v1 (#19): the version of the product embedding the query was compared with;
+    # a record whose two versions differ refuses to exist (the score would mean nothing)
+    embedding_model_version: str | None = None
     scored_at: EventTime
+
+    @model_validator(mode="after")
+    def _one_version(self) -> RelevanceScore:
+        if self.embedding_model_version not in (None, self.model_version):
+            raise PydanticCustomError(
+                "mixed_model_versions",
+                "query model {query} scored against embeddings of {embedding}",
+                {"query": self.model_version, "embedding": self.embedding_model_version},
+            )
+        return self
 
     def key(self) -> bytes:
         return f"{self.query_id}:{self.product_id}".encode()

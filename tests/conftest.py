@@ -3,12 +3,14 @@ ensemble) for the whole suite. Tests isolate themselves by topic names and group
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,9 @@ from worker.kafka_io import read_topic
 from worker.runner import Path_, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
+# the committed head: the one Query-LIFE version the session's Triton serves (workers name it, since a
+# rollout test loads a second version into the same server)
+SERVED_VERSION: str = json.loads((REPO / "querylife" / "weights" / "head.json").read_text())["version"]
 DATA = catalogue_dir()  # the full catalogue (flag-free: $QUERYLIFE_DATA or ../shared)
 
 
@@ -55,6 +60,7 @@ def make_settings(broker: LocalBroker, triton: LocalTriton | None = None, **work
     """Settings on the test services with fresh topic names and group ids, so tests never interfere."""
     tag = uuid.uuid4().hex[:8]
     topics = TopicSettings.namespaced(f"t{tag}")
+    served: dict[str, Any] = {"model_version": SERVED_VERSION, **worker}
     return Settings(
         kafka=KafkaSettings(
             bootstrap_servers=broker.bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000
@@ -67,8 +73,8 @@ def make_settings(broker: LocalBroker, triton: LocalTriton | None = None, **work
             retry_max_s=1.0,
         ),
         worker=WorkerSettings(
-            product_group=f"g{tag}-product", query_group=f"g{tag}-query", name=f"test-{tag}", **worker
-        ),  # type: ignore[arg-type]
+            product_group=f"g{tag}-product", query_group=f"g{tag}-query", name=f"test-{tag}", **served
+        ),
     )
 
 

@@ -14,7 +14,7 @@ import orjson
 from harness.local_services import LocalBroker, LocalTriton
 from schemas import ABMetricsV2, DeadLetter, Impression, ProductEmbedding, QueryLog, RelevanceScore, encode
 from schemas.codec import decode_event
-from tests.conftest import RunningWorker, latest, make_settings, wait_until
+from tests.conftest import SERVED_VERSION, RunningWorker, latest, make_settings, wait_until
 from worker.ab_report import ReportRequest, read_unit_records, render
 from worker.experiments import load_experiments
 from worker.kafka_io import create_topics, make_producer
@@ -43,9 +43,9 @@ def test_event_time_bounds_late_events_and_take_over(
         unknown_product_wait_s=0.5,
     )
     topics = settings.topics
-    create_topics(settings.kafka, topics)
+    create_topics(settings)
     producer = make_producer(settings.kafka)
-    with RelevanceClient(settings.triton) as client:
+    with RelevanceClient(settings.triton, settings.worker.model_version) as client:
         version, dim = client.model_version(), client.embedding_dim()
     rng = np.random.default_rng(5)
     for pid in ("p1", "p2"):
@@ -60,7 +60,9 @@ def test_event_time_bounds_late_events_and_take_over(
             source_event_id=f"e-{pid}",
             updated_at=datetime.now(UTC),
         )
-        producer.send(topics.product_embeddings, key=pid.encode(), value=encode(state)).get(timeout=10)
+        producer.send(topics.embeddings_for(SERVED_VERSION), key=pid.encode(), value=encode(state)).get(
+            timeout=10
+        )
     now = datetime.now(UTC)
     base = datetime.fromtimestamp(int(now.timestamp()) // 60 * 60 - 1800, UTC)  # a window, 30 min ago
 

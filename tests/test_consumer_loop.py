@@ -68,7 +68,7 @@ class FlakyTakeOver:
 def _settings_with_records(broker: LocalBroker, count: int) -> Settings:
     """Fresh topics on the broker, with `count` opaque records on the query-log topic."""
     settings = make_settings(broker)
-    create_topics(settings.kafka, settings.topics)
+    create_topics(settings)
     producer = make_producer(settings.kafka)
     for i in range(count):
         producer.send(settings.topics.query_logs, key=f"k{i}".encode(), value=f"v{i}".encode())

@@ -16,7 +16,7 @@ from worker.kafka_io import MAX_INPUT_RECORD_BYTES, MAX_OUTPUT_RECORD_BYTES, cre
 
 def test_worker_bounds_the_dead_letter_of_a_max_size_event(broker: LocalBroker, triton: LocalTriton) -> None:
     settings = make_settings(broker, triton)
-    create_topics(settings.kafka, settings.topics)
+    create_topics(settings)
     topics = settings.topics
     # invalid JSON (an unterminated string) of exactly the event size limit: passes the size check,
     # fails parsing, so the worker dead-letters it; with a key longer than any id

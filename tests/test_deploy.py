@@ -308,11 +308,16 @@ def _configs(args: list[str]) -> dict[str, str]:
     return dict(p.split("=", 1) for p in pairs)
 
 
+SERVED = json.loads((ROOT / "querylife" / "weights" / "head.json").read_text())["version"]
+
+
 def test_topic_init_creates_every_topic_with_compacted_embeddings(tmp_path: Path) -> None:
-    calls = {_option(c, "--topic"): c for c in _run_topic_init(tmp_path)}
+    calls = {_option(c, "--topic"): c for c in _run_topic_init(tmp_path, {"QL_WORKER_MODEL_VERSION": SERVED})}
     topics = TopicSettings()
-    assert set(calls) == set(topic_fields().values())
-    embeddings = _configs(calls[topics.product_embeddings])
+    # the embeddings topic is per model version: `<prefix>.<version>`, never the bare prefix
+    names = set(topic_fields().values()) - {topics.product_embeddings} | {topics.embeddings_for(SERVED)}
+    assert set(calls) == names
+    embeddings = _configs(calls[topics.embeddings_for(SERVED)])
     assert embeddings["cleanup.policy"] == "compact"
     assert _configs(calls[topics.dead_letter])["cleanup.policy"] == "delete"
     for args in calls.values():
@@ -324,7 +329,8 @@ def test_topic_init_creates_every_topic_with_compacted_embeddings(tmp_path: Path
 
 def test_topic_init_honours_ql_topic_overrides(tmp_path: Path) -> None:
     env = {
-        "QL_TOPIC_PRODUCT_EMBEDDINGS": "prod.embeddings.v2",
+        "QL_TOPIC_PRODUCT_EMBEDDINGS": "prod.embeddings",
+        "QL_WORKER_MODEL_VERSION": "v2",
         "QL_TOPIC_PARTITIONS": "12",
         "QL_TOPIC_REPLICATION_FACTOR": "3",
         "QL_KAFKA_BOOTSTRAP_SERVERS": "b1:9092,b2:9092",
@@ -342,13 +348,28 @@ def test_topic_init_agrees_with_worker_create_topics(tmp_path: Path) -> None:
     # same record size limit (inputs take events up to the worker's limit; Kafka's default is 1 MiB).
     kafka_io = pytest.importorskip("worker.kafka_io")
     topics = TopicSettings()
-    script = {_option(c, "--topic"): _configs(c) for c in _run_topic_init(tmp_path)}
-    for spec in kafka_io.topic_specs(topics):
+    script = {
+        _option(c, "--topic"): _configs(c)
+        for c in _run_topic_init(tmp_path, {"QL_WORKER_MODEL_VERSION": SERVED})
+    }
+    assert set(script) == {spec.name for spec in kafka_io.topic_specs(topics, [SERVED])}
+    for spec in kafka_io.topic_specs(topics, [SERVED]):
         configs = spec.topic_configs or {}
         for key, default in (("cleanup.policy", "delete"), ("max.message.bytes", None)):
             got = script[spec.name].get(key, default)
             assert got == configs.get(key, default), f"{spec.name} {key}: topic-init {got} != {configs}"
     assert script[topics.query_logs]["max.message.bytes"] == str(kafka_io.MAX_INPUT_RECORD_BYTES)
+
+
+def test_compose_serves_the_committed_heads_version(compose: dict[str, Any]) -> None:
+    env = compose["services"]["query-worker"]["environment"]
+    assert env["QL_WORKER_MODEL_VERSION"] == SERVED  # the fixture reads compose with its defaults
+    assert (
+        compose["services"]["topic-init"]["environment"]["QL_WORKER_MODEL_VERSION"]
+        == env["QL_WORKER_MODEL_VERSION"]
+    )
+    command = compose["services"]["triton"]["command"]
+    assert "--model-control-mode=explicit" in command and "--load-model=*" in command
 
 
 def test_compose_runs_the_topic_init_script(compose: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
-"""The query worker's embedding state on a real broker: v1 and v2 records side by side, versions kept
-apart, and snapshots that either give exactly the state of a cold load or are discarded."""
+"""The query worker's embedding state on a real broker: v1 and v2 records side by side in one version's
+topic, another version's record refused, and snapshots that either give exactly the state of a cold
+load or are discarded."""
 
 from __future__ import annotations
 
@@ -64,13 +65,13 @@ def v2(pid: str, vector: np.ndarray, version: str = SERVED, dtype: str = "float3
 def send(settings: Settings, records: list[tuple[str, bytes | None]]) -> None:
     producer = make_producer(settings.kafka, linger_ms=20)
     for pid, value in records:
-        producer.send(settings.topics.product_embeddings, key=pid.encode(), value=value)
+        producer.send(settings.topics.embeddings_for(SERVED), key=pid.encode(), value=value)
     producer.flush(30)
     producer.close()
 
 
-def loaded(settings: Settings, versions: tuple[str, ...] = (SERVED,)) -> EmbeddingState:
-    state = EmbeddingState(settings, DIM, versions)
+def loaded(settings: Settings) -> EmbeddingState:
+    state = EmbeddingState(settings, DIM, SERVED)
     state.load()
     state.maybe_snapshot()  # a cold load is due at once (the query path calls this between batches)
     return state
@@ -108,8 +109,8 @@ def test_matrix_reuses_freed_rows_and_grows_by_blocks() -> None:
 
 
 def test_v1_and_v2_records_mixed_on_one_topic(broker) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(broker)
-    create_topics(settings.kafka, settings.topics)
+    settings = make_settings(broker, model_version=SERVED)
+    create_topics(settings)
     rng = np.random.default_rng(2)
     a, b, c, d, e = (unit(rng) for _ in range(5))
     send(
@@ -123,23 +124,19 @@ def test_v1_and_v2_records_mixed_on_one_topic(broker) -> None:  # type: ignore[n
             ("deleted", v2("deleted", e)),
             ("deleted", None),
             ("moved", v2("moved", e)),
-            ("moved", v2("moved", e, version=OTHER)),  # now a product of the other version only
+            ("moved", v2("moved", e, version=OTHER)),  # a writer's bug: another version in this topic
             ("wrong-dim", v2("wrong-dim", np.ones(DIM + 1, np.float32))),
         ],
     )
-    state = loaded(settings, (SERVED, OTHER))
+    state = loaded(settings)
     served = contents(state)
     assert sorted(served) == ["bin16", "bin32", "json", "upgraded"]
     np.testing.assert_allclose(served["json"], a, rtol=1e-6)
     np.testing.assert_array_equal(served["bin32"], b)
     assert np.abs(served["bin16"] - c).max() < 1e-3
     np.testing.assert_array_equal(served["upgraded"], d)
-    assert sorted(contents(state, OTHER)) == ["moved"]
-    assert state.invalid == 1  # wrong-dim
+    assert state.invalid == 2  # wrong-dim, and "moved" (refused, and unknown until a valid record)
     state.close()
-    only_served = loaded(settings)
-    assert sorted(contents(only_served)) == sorted(served) and only_served.other_versions == 1
-    only_served.close()
 
 
 def _fill(settings: Settings, n: int, seed: int) -> list[tuple[str, bytes | None]]:
@@ -150,22 +147,26 @@ def _fill(settings: Settings, n: int, seed: int) -> list[tuple[str, bytes | None
 
 
 def test_warm_restart_ends_with_exactly_the_cold_state(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(broker, state_dir=tmp_path)
-    create_topics(settings.kafka, settings.topics)
+    settings = make_settings(broker, state_dir=tmp_path, model_version=SERVED)
+    create_topics(settings)
     _fill(settings, 3000, seed=3)
     first = loaded(settings)  # cold: writes the snapshot
     first.close()
-    path = state_snapshot.path_for(tmp_path, settings.topics.product_embeddings, SERVED)
+    path = state_snapshot.path_for(tmp_path, settings.topics.embeddings_for(SERVED), SERVED)
     assert path.exists()
     rng = np.random.default_rng(4)
     tail: list[tuple[str, bytes | None]] = [(f"new{i}", v2(f"new{i}", unit(rng))) for i in range(30)]
     tail += [(f"p{i}", None) for i in range(0, 300, 10)]  # deletes
     tail += [(f"p{i}", v2(f"p{i}", unit(rng))) for i in range(1, 300, 10)]  # updates
-    tail += [("p2", v2("p2", unit(rng), version=OTHER))]  # moved to another version
+    tail += [("p2", v2("p2", unit(rng), version=OTHER))]  # another version: refused, p2 unknown
     send(settings, tail)
-    warm = EmbeddingState(settings, DIM, [SERVED])
+    warm = EmbeddingState(settings, DIM, SERVED)
     warm.load()
-    cold = EmbeddingState(make_settings(broker).model_copy(update={"topics": settings.topics}), DIM, [SERVED])
+    cold = EmbeddingState(
+        make_settings(broker, model_version=SERVED).model_copy(update={"topics": settings.topics}),
+        DIM,
+        SERVED,
+    )
     cold.load()
     assert warm.reader.topic == cold.reader.topic
     assert warm.restored and not cold.restored
@@ -180,14 +181,14 @@ def test_warm_restart_ends_with_exactly_the_cold_state(broker, tmp_path: Path) -
 
 
 def _snapshot_then(settings: Settings, tmp_path: Path) -> Path:
-    create_topics(settings.kafka, settings.topics)
+    create_topics(settings)
     _fill(settings, 500, seed=5)
     loaded(settings).close()
-    return state_snapshot.path_for(tmp_path, settings.topics.product_embeddings, SERVED)
+    return state_snapshot.path_for(tmp_path, settings.topics.embeddings_for(SERVED), SERVED)
 
 
 def _restored(settings: Settings) -> tuple[bool, int]:
-    state = EmbeddingState(settings, DIM, [SERVED])
+    state = EmbeddingState(settings, DIM, SERVED)
     try:
         return state._restore(), len(state)
     finally:
@@ -195,20 +196,20 @@ def _restored(settings: Settings) -> tuple[bool, int]:
 
 
 def test_truncated_and_corrupt_snapshots_are_discarded(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(broker, state_dir=tmp_path)
+    settings = make_settings(broker, state_dir=tmp_path, model_version=SERVED)
     path = _snapshot_then(settings, tmp_path)
     assert _restored(settings) == (True, 500)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
     assert _restored(settings) == (False, 0)
     with pytest.raises(state_snapshot.SnapshotRejected, match="truncated"):
-        state_snapshot.read(path, settings.topics.product_embeddings, None, DIM, "float32", 1e9)
+        state_snapshot.read(path, settings.topics.embeddings_for(SERVED), None, DIM, "float32", 1e9)
     corrupt = bytearray(data)
     corrupt[-5] ^= 0xFF
     path.write_bytes(bytes(corrupt))
     with pytest.raises(state_snapshot.SnapshotRejected, match="corrupt"):
-        topic_id = EmbeddingState(settings, DIM, [SERVED]).reader.topic_id()
-        state_snapshot.read(path, settings.topics.product_embeddings, topic_id, DIM, "float32", 1e9)
+        topic_id = EmbeddingState(settings, DIM, SERVED).reader.topic_id()
+        state_snapshot.read(path, settings.topics.embeddings_for(SERVED), topic_id, DIM, "float32", 1e9)
     # a cold load after a discarded snapshot is complete
     state = loaded(settings)
     assert len(state) == 500
@@ -216,11 +217,11 @@ def test_truncated_and_corrupt_snapshots_are_discarded(broker, tmp_path: Path) -
 
 
 def test_expired_snapshot_is_discarded(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(broker, state_dir=tmp_path)
+    settings = make_settings(broker, state_dir=tmp_path, model_version=SERVED)
     path = _snapshot_then(settings, tmp_path)
-    state = EmbeddingState(settings, DIM, [SERVED])
+    state = EmbeddingState(settings, DIM, SERVED)
     meta, matrix = state_snapshot.read(
-        path, settings.topics.product_embeddings, state.reader.topic_id(), DIM, "float32", 1e9
+        path, settings.topics.embeddings_for(SERVED), state.reader.topic_id(), DIM, "float32", 1e9
     )
     state.close()
     old = state_snapshot.SnapshotMeta(
@@ -233,18 +234,18 @@ def test_expired_snapshot_is_discarded(broker, tmp_path: Path) -> None:  # type:
 
 
 def test_snapshot_of_a_recreated_topic_is_discarded(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(broker, state_dir=tmp_path)
+    settings = make_settings(broker, state_dir=tmp_path, model_version=SERVED)
     path = _snapshot_then(settings, tmp_path)
     assert _restored(settings) == (True, 500)
     admin = KafkaAdminClient(**settings.kafka.common_config())
     try:
-        admin.delete_topics([settings.topics.product_embeddings])
+        admin.delete_topics([settings.topics.embeddings_for(SERVED)])
     finally:
         admin.close()
     deadline = time.monotonic() + 30
     while True:  # recreate it, refilled past the stored offsets with other products
         try:
-            create_topics(settings.kafka, settings.topics)
+            create_topics(settings)
             break
         except Exception:
             if time.monotonic() > deadline:
@@ -260,8 +261,8 @@ def test_snapshot_of_a_recreated_topic_is_discarded(broker, tmp_path: Path) -> N
 
 def test_unknown_products_are_not_waited_for_once_caught_up(broker) -> None:  # type: ignore[no-untyped-def]
     """A product that never got an embedding must not cost every batch the full wait."""
-    settings = make_settings(broker)
-    create_topics(settings.kafka, settings.topics)
+    settings = make_settings(broker, model_version=SERVED)
+    create_topics(settings)
     _fill(settings, 200, seed=7)
     state = loaded(settings)
     started = time.monotonic()

@@ -140,7 +140,7 @@ EXAMPLES: list[BaseModel] = [
 
 def test_every_record_round_trips_through_a_real_topic(broker) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(broker)
-    create_topics(settings.kafka, settings.topics)
+    create_topics(settings)
     producer = make_producer(settings.kafka)
     topic = settings.topics.dead_letter  # any topic of ours
     for i, record in enumerate(EXAMPLES):

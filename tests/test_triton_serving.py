@@ -27,11 +27,10 @@ from querylife.checkpoint import load_head
 from querylife.imaging import decode_image, preprocess
 from querylife.model import QueryLifeModel, load_model
 from querylife.serving import execute_isolated
+from tests.conftest import SERVED_VERSION
 from tests.hostile_images import animated_webp, encode, patch_dimensions, raw_png, with_extra_scans
 from worker.config import TritonSettings
 from worker.triton_client import (
-    PRODUCT_MODEL,
-    QUERY_MODEL,
     ProductResult,
     RelevanceClient,
     TritonRequestError,
@@ -100,7 +99,7 @@ def settings_for(triton: LocalTriton, protocol: Protocol, **kw: object) -> Trito
 
 @pytest.fixture(scope="module", params=["grpc", "http"])
 def client(request: pytest.FixtureRequest, triton: LocalTriton) -> Iterator[RelevanceClient]:
-    c = RelevanceClient(settings_for(triton, request.param))
+    c = RelevanceClient(settings_for(triton, request.param), SERVED_VERSION)
     c.wait_ready(60)
     yield c
     c.close()
@@ -115,14 +114,23 @@ def test_ready_metadata_and_version(
     import tritonclient.grpc as grpcclient
 
     raw = grpcclient.InferenceServerClient(triton.grpc_url)
-    meta = {m: raw.get_model_metadata(m, as_json=True) for m in (PRODUCT_MODEL, QUERY_MODEL)}
-    assert {t["name"] for t in meta[PRODUCT_MODEL]["inputs"]} == {"TITLE", "PRODUCT_TYPE", "IMAGE"}
-    assert {t["name"] for t in meta[PRODUCT_MODEL]["outputs"]} == {"EMBEDDING", "ERROR", "FUSION_WEIGHTS"}
-    assert {t["name"] for t in meta[QUERY_MODEL]["inputs"]} == {"QUERY", "PRODUCT_EMBEDDING"}
-    assert {t["name"] for t in meta[QUERY_MODEL]["outputs"]} == {"SIMILARITY", "SCORE", "LABEL"}
-    for name in ("text_encoder", "image_encoder", "fusion", "relevance", PRODUCT_MODEL, QUERY_MODEL):
+    product_model, query_model = client.ensembles(model.version)  # `<ensemble>.<version>`, by name
+    meta = {m: raw.get_model_metadata(m, as_json=True) for m in (product_model, query_model)}
+    assert {t["name"] for t in meta[product_model]["inputs"]} == {"TITLE", "PRODUCT_TYPE", "IMAGE"}
+    assert {t["name"] for t in meta[product_model]["outputs"]} == {"EMBEDDING", "ERROR", "FUSION_WEIGHTS"}
+    assert {t["name"] for t in meta[query_model]["inputs"]} == {"QUERY", "PRODUCT_EMBEDDING"}
+    assert {t["name"] for t in meta[query_model]["outputs"]} == {"SIMILARITY", "SCORE", "LABEL"}
+    for name in (product_model, query_model):  # the ensembles name their version and pin their steps
         cfg = raw.get_model_config(name, as_json=True)["config"]
         assert cfg["parameters"]["querylife_version"]["string_value"] == model.version
+        assert cfg["parameters"]["triton_version"]["string_value"] == client.model_info()["triton_version"]
+        steps = cfg["ensemble_scheduling"]["step"]
+        assert {s["model_version"] for s in steps} == {client.model_info()["triton_version"]}
+        assert int(cfg["max_batch_size"]) >= client.settings.max_batch
+    for name in ("text_encoder", "image_encoder", "fusion", "relevance"):  # versions live with weights
+        cfg = raw.get_model_config(name, as_json=True)["config"]
+        assert "querylife_version" not in cfg.get("parameters", {})
+        assert "all" in cfg["version_policy"]
         assert int(cfg["max_batch_size"]) >= client.settings.max_batch
     raw.close()
 
@@ -167,7 +175,7 @@ def test_query_relevance_matches_in_process(
 def test_chunking_by_max_batch_gives_the_same_results(
     triton: LocalTriton, model: QueryLifeModel, products: list[Product]
 ) -> None:
-    with RelevanceClient(settings_for(triton, "grpc", max_batch=4)) as small:
+    with RelevanceClient(settings_for(triton, "grpc", max_batch=4), SERVED_VERSION) as small:
         results = small.product_embeddings(
             [p.title for p in products], [p.product_type for p in products], [p.image for p in products]
         )
@@ -242,7 +250,7 @@ def test_large_images_are_reduced_as_in_process(
 
 def test_wrong_shape_is_a_request_error_not_retried(triton: LocalTriton) -> None:
     sleeps: list[float] = []
-    with RelevanceClient(settings_for(triton, "grpc"), sleep=sleeps.append) as c:
+    with RelevanceClient(settings_for(triton, "grpc"), SERVED_VERSION, sleep=sleeps.append) as c:
         with pytest.raises(TritonRequestError):
             c.query_relevance(["q"], np.zeros((1, 7), np.float32))
         with pytest.raises(ValueError):
@@ -304,7 +312,7 @@ def test_poison_images_fail_alone_among_good_ones(
     expected_good = in_process(model, good)
 
     def send(batch: list[Product]) -> list[ProductResult]:
-        with RelevanceClient(settings_for(triton, "grpc")) as c:
+        with RelevanceClient(settings_for(triton, "grpc"), SERVED_VERSION) as c:
             return c.product_embeddings(
                 [p.title for p in batch], [p.product_type for p in batch], [p.image for p in batch]
             )

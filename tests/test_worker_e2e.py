@@ -27,7 +27,7 @@ from schemas import (
     encode,
 )
 from schemas.events import Impression
-from tests.conftest import RunningWorker, latest, make_settings, wait_until
+from tests.conftest import SERVED_VERSION, RunningWorker, latest, make_settings, wait_until
 from worker.ab_metrics import UnitAggregator
 from worker.kafka_io import create_topics, make_producer
 from worker.triton_client import RelevanceClient
@@ -47,7 +47,7 @@ def test_pipeline_end_to_end(
     settings = make_settings(
         broker, triton, image_root=data_dir / "images", batch_max_events=8, unknown_product_wait_s=0.5
     )
-    create_topics(settings.kafka, settings.topics)
+    create_topics(settings)
     producer = make_producer(settings.kafka)
     topics = settings.topics
     now = datetime.now(UTC)
@@ -73,8 +73,9 @@ def test_pipeline_end_to_end(
     wait_until(
         "product embeddings",
         lambda: (
-            set(latest(settings, topics.product_embeddings)) == {pid.encode() for pid in live_ids | {deleted}}
-            and latest(settings, topics.product_embeddings)[deleted.encode()] is None
+            set(latest(settings, topics.embeddings_for(SERVED_VERSION)))
+            == {pid.encode() for pid in live_ids | {deleted}}
+            and latest(settings, topics.embeddings_for(SERVED_VERSION))[deleted.encode()] is None
         ),
     )
 
@@ -134,7 +135,7 @@ def test_pipeline_end_to_end(
     assert worker.shutdown() == 0
 
     # --- embeddings: exactly the live products, equal to the model's own product embedding
-    state = latest(settings, topics.product_embeddings)
+    state = latest(settings, topics.embeddings_for(SERVED_VERSION))
     embeddings = {k.decode(): decode_event(ProductEmbeddingV2, v) for k, v in state.items() if v is not None}
     assert set(embeddings) == live_ids
     assert {e.model_version for e in embeddings.values()} == {model.version}
@@ -203,11 +204,11 @@ def test_embedding_of_the_wrong_width_is_ignored_not_fatal(broker: LocalBroker, 
 
     settings = make_settings(broker, triton, unknown_product_wait_s=0.5)
     topics = settings.topics
-    create_topics(settings.kafka, topics)
+    create_topics(settings)
     producer = make_producer(settings.kafka)
     now = datetime.now(UTC)
     rng = np.random.default_rng(7)
-    with RelevanceClient(settings.triton) as client:
+    with RelevanceClient(settings.triton, settings.worker.model_version) as client:
         version = client.model_version()  # the worker scores only against its own model's embeddings
 
     def embed(product_id: str, width: int) -> None:
@@ -222,7 +223,9 @@ def test_embedding_of_the_wrong_width_is_ignored_not_fatal(broker: LocalBroker, 
             source_event_id=f"e-{product_id}",
             updated_at=now,
         )
-        producer.send(topics.product_embeddings, key=product_id.encode(), value=encode(state)).get(timeout=10)
+        producer.send(
+            topics.embeddings_for(SERVED_VERSION), key=product_id.encode(), value=encode(state)
+        ).get(timeout=10)
 
     def query(query_id: str, products: list[str]) -> None:
         event = QueryLog(

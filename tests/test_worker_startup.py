@@ -18,7 +18,7 @@ from harness.local_services import LocalBroker, LocalTriton
 from reliability.faults import WorkerProcess
 from schemas import ProductEmbedding, QueryLog, RelevanceScore, decode_event, encode
 from schemas.events import Impression
-from tests.conftest import latest, make_settings, wait_until
+from tests.conftest import SERVED_VERSION, latest, make_settings, wait_until
 from worker.config import Settings
 from worker.kafka_io import create_topics, make_producer
 from worker.triton_client import RelevanceClient
@@ -50,14 +50,14 @@ def test_query_worker_waits_for_missing_topics_then_scores(
         wait_until("repeated waits for the topics", lambda: len(topic_waits(worker)) >= 6, timeout_s=30)
         last = topic_waits(worker)[-1]
         assert last["level"] == "warning"
-        assert topics.product_embeddings in last["topics"] and topics.query_logs in last["topics"]
+        assert topics.embeddings_for(SERVED_VERSION) in last["topics"] and topics.query_logs in last["topics"]
         assert 0 < last["retry_in_s"] <= RETRY_MAX_S
         assert worker.alive() and worker.starts == 1
         assert (worker.probe("/healthz"), worker.probe("/readyz")) == (200, 503)
 
         # topic-init runs; a product worker's output and a query log arrive
-        create_topics(settings.kafka, topics)
-        with RelevanceClient(settings.triton) as client:
+        create_topics(settings)
+        with RelevanceClient(settings.triton, settings.worker.model_version) as client:
             vector = client.product_embeddings(["Nike Men Black Tshirt"], ["Tshirts"], [None])[0].embedding
             assert vector is not None
             expected = client.query_relevance(["black tshirt"], np.asarray([vector], dtype=np.float32))[0]
@@ -82,7 +82,7 @@ def test_query_worker_waits_for_missing_topics_then_scores(
             impressions=[Impression(product_id="p1", position=1)],
         )
         producer = make_producer(settings.kafka)
-        producer.send(topics.product_embeddings, key=b"p1", value=encode(state)).get(timeout=10)
+        producer.send(topics.embeddings_for(SERVED_VERSION), key=b"p1", value=encode(state)).get(timeout=10)
         producer.send(topics.query_logs, key=b"qid1", value=encode(query)).get(timeout=10)
         producer.close()
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import cast
 
-from worker import ab_report
+from worker import ab_report, rollout
 from worker.config import Settings
 from worker.kafka_io import create_topics, read_topic
 from worker.observability import add_cli_flags, configure_logging
@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_create_topics(args: argparse.Namespace) -> int:
     settings = Settings()
-    created = create_topics(settings.kafka, settings.topics)
+    created = create_topics(settings, args.model_version)
     print(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
     return 0
 
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "create-topics": (cmd_create_topics, "create the pipeline's topics (idempotent)"),
         "tail": (cmd_tail, "print the last records of a topic"),
         "ab-report": (cmd_ab_report, "A/B lift table by unit (SRM, intervals) from the ab-units topic"),
+        "rollout": (rollout.run, "model upgrade steps: load, backfill, status, report"),
     }
     subs = {
         name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in commands.items()
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--width", type=int, default=240, help="cut each value after this many characters"
     )
     ab_report.add_arguments(subs["ab-report"])
+    rollout.add_arguments(subs["rollout"])
+    subs["create-topics"].add_argument(
+        "--model-version",
+        action="append",
+        default=[],
+        help="also create this version's embeddings topic (repeatable; default: QL_WORKER_MODEL_VERSION "
+        "and QL_WORKER_SHADOW_MODEL_VERSION)",
+    )
     return parser
 
 

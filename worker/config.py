@@ -1,6 +1,6 @@
 """All runtime configuration, from environment variables (README "Configuration" lists them).
 
-Local demo and tests use the defaults and point at services started by `worker.local_services`;
+Local demo and tests use the defaults and point at services started by `harness.local_services`;
 production sets the same variables to its Kafka cluster and Triton, with no code change.
 """
 
@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.base import ModelVersion
 
 
 def _env(prefix: str, names: list[str]) -> str:
@@ -114,11 +116,14 @@ class TopicSettings(BaseSettings):
 
     product_upserts: str = "querylife.product-upserts"
     query_logs: str = "querylife.query-logs"
+    # prefix of the per-version topics `<product_embeddings>.<model_version>` (`embeddings_for`);
+    # the bare name is the pre-#19 topic that held every version, read by nothing any more
     product_embeddings: str = "querylife.product-embeddings"
     relevance_scores: str = "querylife.relevance-scores"
     ab_metrics: str = "querylife.ab-metrics"  # ABMetrics v1, no longer written (docs/contracts.md)
     ab_units: str = "querylife.ab-units"
     dead_letter: str = "querylife.dead-letter"
+    shadow_scores: str = "querylife.shadow-scores"
     partitions: int = 3
     replication_factor: int = 1
 
@@ -130,6 +135,7 @@ class TopicSettings(BaseSettings):
         "ab_metrics",
         "ab_units",
         "dead_letter",
+        "shadow_scores",
     )
 
     @classmethod
@@ -137,6 +143,10 @@ class TopicSettings(BaseSettings):
         """Every topic under `prefix.` (tests, benchmarks and fault runs never share topics)."""
         names: dict[str, Any] = {name: f"{prefix}.{name}" for name in cls.NAME_FIELDS}
         return cls(**names)
+
+    def embeddings_for(self, model_version: str) -> str:
+        """The compacted embeddings topic of one model version (docs/contracts.md: a topic per version)."""
+        return f"{self.product_embeddings}.{model_version}"
 
     def name_env(self) -> dict[str, str]:
         """The `QL_TOPIC_*` variables that give a worker subprocess these topic names."""
@@ -191,6 +201,14 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="QL_WORKER_")
 
+    # The Query-LIFE version this worker serves (its Triton ensembles, its embeddings topic); unset:
+    # the only version Triton serves (refused while a rollout serves two). Product workers of a version
+    # consume in the group `<product_group>.<model_version>`, so each version sees every upsert.
+    model_version: ModelVersion | None = None
+    # A rollout's candidate version: query workers also score a sample of query logs with it and
+    # publish the comparison to `shadow_scores` (docs/deploying.md "Model upgrade").
+    shadow_model_version: ModelVersion | None = None
+    shadow_sample: float = Field(default=0.1, ge=0.0, le=1.0)
     product_group: str = "querylife-product-worker"
     query_group: str = "querylife-query-worker"
     batch_max_events: int = 64
@@ -233,3 +251,18 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the `QL_*` variables that recreate them in another process (a worker
+        subprocess, a runbook command); unset optional values are left out."""
+        env: dict[str, str] = {}
+        for group in (self.kafka, self.topics, self.triton, self.worker):
+            prefix = str(group.model_config.get("env_prefix", ""))
+            for name, value in group:
+                if value is None:
+                    continue
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+                env[f"{prefix}{name}".upper()] = text
+        return env

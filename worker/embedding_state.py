@@ -1,11 +1,11 @@
-"""Every product's embedding, per model version, rebuilt from the embeddings topic and kept current.
+"""Every product's embedding of one model version, rebuilt from that version's topic and kept current.
 
 Each query worker holds the whole table, like a global table in a stream processor. It reads the
-topic from the beginning, or from a local snapshot's offsets when `QL_WORKER_STATE_DIR` holds a
-usable one (`worker.state_snapshot`). After that it follows the topic. One topic holds one record per
-product (compacted by `product_id`), so a product has the version of its latest record: a record of
-another version removes the product from the versions it was in. Versions are held apart
-(`VectorMatrix` per version), and a query is only ever scored against its own version's matrix.
+topic `<product_embeddings>.<version>` from the beginning, or from a local snapshot's offsets when
+`QL_WORKER_STATE_DIR` holds a usable one (`worker.state_snapshot`). After that it follows the topic.
+The topic is compacted by `product_id` and belongs to one version (docs/contracts.md), so a record of
+another version in it is a writer's bug: refused (`model_version_mismatch`), and the product is
+unknown until a valid record arrives. A query is only ever scored against its own version's state.
 
 Decoding is the start-up cost at a million products. v2 records (binary vectors) therefore take a
 fast path, with the checks of `ProductEmbeddingV2` done directly on the parsed JSON: ~10 µs instead
@@ -18,7 +18,7 @@ import binascii
 import math
 import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +57,20 @@ full `QL_WORKER_UNKNOWN_PRODUCT_WAIT_S`."""  # Kafka's default delete.retention.
 
 
 class EmbeddingState:
-    """Product vectors of the model versions this worker serves, by product id."""
+    """Product vectors of one model version, by product id, from that version's own topic.
 
-    def __init__(self, settings: Settings, dim: int, versions: Collection[str]) -> None:
+    A worker serving a version and shadowing another holds one state per version: the two never
+    share a matrix, so no score can pair one version's query with the other's products.
+    """
+
+    def __init__(self, settings: Settings, dim: int, version: str) -> None:
         self.settings = settings
         self.dim = dim
-        worker = settings.worker
-        self.matrices = {v: VectorMatrix(dim, worker.state_dtype) for v in versions}
-        self.reader = TopicReader(settings.kafka, settings.topics.product_embeddings)
+        self.version = version
+        self.matrices = {version: VectorMatrix(dim, settings.worker.state_dtype)}
+        self.reader = TopicReader(settings.kafka, settings.topics.embeddings_for(version))
         self.positions: dict[int, int] = {}  # next offset to apply, per partition
         self.invalid = 0
-        self.other_versions = 0
         self.restored = False  # whether the last load started from a snapshot
         self._snapshot_at = time.monotonic()
 
@@ -170,10 +173,10 @@ class EmbeddingState:
             self._drop(key)
             self._reject(key, "embedding_dim", dim=vector.shape[0], expected=self.dim)
             return
-        self._drop(key, keep=version)
         matrix = self.matrices.get(version)
-        if matrix is None:
-            self.other_versions += 1  # a version this worker does not serve: not an error
+        if matrix is None:  # a writer bug: this topic belongs to one version only
+            self._drop(key)
+            self._reject(key, "model_version_mismatch", version=version, expected=self.version)
             return
         matrix.put(key, vector)
 
@@ -184,10 +187,9 @@ class EmbeddingState:
         record = decode_product_embedding(value)  # the slow path names the reason when it fails
         return record.model_version, embedding_array(record)
 
-    def _drop(self, key: str, keep: str | None = None) -> None:
-        for version, matrix in self.matrices.items():
-            if version != keep:
-                matrix.delete(key)
+    def _drop(self, key: str) -> None:
+        for matrix in self.matrices.values():
+            matrix.delete(key)
 
     def _reject(self, key: str | None, reason: str, **detail: object) -> None:
         self.invalid += 1

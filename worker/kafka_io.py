@@ -57,19 +57,21 @@ def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) 
 AB_UNITS_RETENTION_MS = 90 * 24 * 3600 * 1000
 
 
-def topic_specs(topics: TopicSettings) -> list[NewTopic]:
-    """Every topic of the pipeline; the embeddings topic is compacted (it is a table, keyed by product)."""
+def topic_specs(topics: TopicSettings, model_versions: Iterable[str] = ()) -> list[NewTopic]:
+    """Every topic of the pipeline, with the embeddings topic of each model version given: compacted,
+    since it is a table keyed by product (a rollout creates the candidate's with `--model-version`)."""
     keep_week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
     inputs = keep_week | {"max.message.bytes": str(MAX_INPUT_RECORD_BYTES)}  # Kafka's default is 1 MiB
     names = {
         topics.product_upserts: inputs,
         topics.query_logs: inputs,
-        topics.product_embeddings: {"cleanup.policy": "compact"},
+        **{topics.embeddings_for(v): {"cleanup.policy": "compact"} for v in model_versions},
         topics.relevance_scores: {"cleanup.policy": "compact"},
         topics.ab_metrics: {"cleanup.policy": "compact"},
         # a unit's window is rewritten as it grows; 90 days outlive any experiment and its analysis
         topics.ab_units: {"cleanup.policy": "compact,delete", "retention.ms": str(AB_UNITS_RETENTION_MS)},
         topics.dead_letter: {"retention.ms": str(30 * 24 * 3600 * 1000)},
+        topics.shadow_scores: keep_week,
     }
     return [
         NewTopic(
@@ -114,12 +116,17 @@ def topic_config(kafka: KafkaSettings, topic: str) -> dict[str, str]:
     return {str(k): str(getattr(v, "value", v)) for k, v in configs.items() if v is not None}
 
 
-def create_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
-    """Create missing topics (idempotent); returns the names that were created."""
+def create_topics(settings: Settings, model_versions: Iterable[str] = ()) -> list[str]:
+    """Create missing topics (idempotent), with the embeddings topics of the versions the settings
+    name (`QL_WORKER_MODEL_VERSION`, `QL_WORKER_SHADOW_MODEL_VERSION`) and of `model_versions`;
+    returns the names that were created."""
+    worker, topics = settings.worker, settings.topics
+    versions = {v for v in (worker.model_version, worker.shadow_model_version, *model_versions) if v}
+    kafka = settings.kafka
     admin = KafkaAdminClient(**kafka.common_config())
     try:
         existing = set(admin.list_topics())
-        missing = [spec for spec in topic_specs(topics) if spec.name not in existing]
+        missing = [spec for spec in topic_specs(topics, sorted(versions)) if spec.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won the race
                 admin.create_topics(missing)

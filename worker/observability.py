@@ -70,6 +70,14 @@ STATE_REJECTED = Counter(
     "Embedding-state records a query worker ignored (no key, undecodable, wrong embedding width)",
     ["reason"],
 )
+MODEL_INFO = Gauge(
+    "querylife_model_info",
+    "1 per Query-LIFE version this worker uses (role: serving or shadow), with its Triton version directory",
+    ["role", "model_version", "triton_version"],
+)
+SHADOW_QUERY_LOGS = Counter(
+    "querylife_shadow_query_logs_total", "Sampled query logs scored by a rollout's candidate too", ["outcome"]
+)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

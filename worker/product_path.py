@@ -1,7 +1,8 @@
-"""Product path: catalogue upserts -> Triton `product_embedding` -> compacted embeddings topic.
+"""Product path: catalogue upserts -> Triton `product_embedding.<V>` -> the embeddings topic of V.
 
-Writes `ProductEmbedding` v2 (binary float32 vector and the fusion weights that made it:
-docs/contracts.md); query workers read v1 records left on the topic beside them.
+Writes `ProductEmbedding` v2 (binary float32 vector and the fusion weights that made it) into the
+compacted topic `<product_embeddings>.<V>` of the version V it serves (docs/contracts.md). Each version
+has its own consumer group, so during a rollout the upserts reach both versions.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ProductProcessor:
         self.settings = settings
         self.client = client
         self.model_version = client.model_version()
+        self.topic = settings.topics.embeddings_for(self.model_version)  # this version's own topic
         self.isolator: Isolator[_Pending, ProductResult] = Isolator.from_settings(
             settings.triton, self._canary
         )
@@ -70,7 +72,7 @@ class ProductProcessor:
             event = decode_input(ProductUpsert, rec)
             event_id = event.event_id
             if event.op == "delete":
-                return Output(self.settings.topics.product_embeddings, event.product_id.encode(), None)
+                return Output(self.topic, event.product_id.encode(), None)
             return _Pending(rec, event, resolve_image(event.image, self.settings.worker.image_root))
         except EventError as exc:
             return self._letter(rec, exc, event_id)
@@ -116,7 +118,7 @@ class ProductProcessor:
             source_event_id=event.event_id,
             updated_at=now,
         )
-        return Output(self.settings.topics.product_embeddings, event.product_id.encode(), encode(record))
+        return Output(self.topic, event.product_id.encode(), encode(record))
 
     def _letter(self, rec: ConsumerRecord, error: EventError, event_id: str | None) -> Output:
         return dead_letter(rec, error, self.settings.topics.dead_letter, self.settings.worker.name, event_id)

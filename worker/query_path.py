@@ -29,6 +29,7 @@ from worker.inputs import decode_input
 from worker.isolation import Isolator, Poison
 from worker.observability import TRITON_LATENCY, UNKNOWN_PRODUCTS
 from worker.outputs import Output, dead_letter
+from worker.shadow import ShadowScorer
 from worker.state_reader import TopicReader
 from worker.triton_client import PairScore, RelevanceClient
 from worker.vector_matrix import VectorMatrix
@@ -41,11 +42,20 @@ class QueryProcessor:
 
     path = "query"
 
-    def __init__(self, settings: Settings, client: RelevanceClient, state: EmbeddingState) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: RelevanceClient,
+        state: EmbeddingState,
+        shadow: ShadowScorer | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.state = state
+        self.shadow = shadow  # a rollout's candidate, scoring a sample beside this version
         self.model_version = client.model_version()
+        if state.version != self.model_version:
+            raise ValueError(f"state of {state.version} given to a query path of {self.model_version}")
         worker = settings.worker
         self.ab = UnitAggregator(
             worker.ab_window_s, worker.event_time_grace_s, load_experiments(worker.experiments_file)
@@ -64,6 +74,7 @@ class QueryProcessor:
             log.warning("unknown_products", count=len(unknown), sample=sorted(unknown)[:5])
         now = datetime.now(UTC)
         counted: list[tuple[ConsumerRecord, QueryLog, dict[str, float]]] = []
+        scored: list[tuple[QueryLog, dict[str, PairScore]]] = []
         for (rec, ev), result in zip(events, self._score(events, matrix, unknown), strict=True):
             if isinstance(result, Poison):  # Triton fails it every time: a letter, no scores, no A/B
                 error = EventError(result.reason, result.message, "query")
@@ -76,7 +87,10 @@ class QueryProcessor:
             if missing:
                 outputs.append(self._unknown_product_letter(rec, ev, missing))
             counted.append((rec, ev, {pid: r.score for pid, r in result.items()}))
+            scored.append((ev, result))
         outputs.extend(self._ab_outputs(counted))
+        if self.shadow is not None:
+            outputs.extend(self.shadow.compare(scored))
         return outputs
 
     @property
@@ -142,6 +156,7 @@ class QueryProcessor:
                 variant=ev.variant,
                 position=imp.position,
                 model_version=self.model_version,
+                embedding_model_version=self.state.version,
                 scored_at=now,
             )
             result = scores.get(imp.product_id)
@@ -217,3 +232,5 @@ class QueryProcessor:
     def idle(self) -> None:
         self.state.follow(timeout_ms=0)
         self.state.maybe_snapshot()
+        if self.shadow is not None:
+            self.shadow.state.follow(timeout_ms=0)

@@ -1,4 +1,4 @@
-"""Process wiring: clients, one consumer loop per path, signals, metrics server.
+"""Process wiring: clients, one consumer loop per path, signals, the health process and metrics server.
 
 Scale-out is Kafka's: start more processes with the same group ids. SIGTERM/SIGINT set a stop flag;
 each loop finishes (drains) its in-flight batch, commits, and closes.
@@ -21,10 +21,12 @@ from worker.config import Settings
 from worker.consumer_loop import ConsumerLoop
 from worker.dependency import DependencyUnavailable
 from worker.embedding_state import EmbeddingState
+from worker.health import HealthServer, SharedLiveness
 from worker.kafka_io import TopicsMissing, make_consumer, make_producer, require_topics
-from worker.observability import Liveness, configure_logging, serve_metrics
+from worker.observability import MODEL_INFO, Liveness, configure_logging
 from worker.product_path import ProductProcessor
 from worker.query_path import QueryProcessor
+from worker.shadow import ShadowScorer
 from worker.triton_client import RelevanceClient, TritonUnavailable
 
 log = structlog.get_logger()
@@ -68,59 +70,85 @@ def retry_until(
     return None
 
 
+def _ready_client(client: RelevanceClient, role: str) -> RelevanceClient:
+    """`client` once its version's ensembles are ready (named in the error while they are not)."""
+    if not client.is_ready():
+        models = client.ensembles(client.version) if client.version else "any Query-LIFE version"
+        raise TritonUnavailable(f"Triton at {client.settings.url} does not serve {models} yet")
+    client.model_version()
+    info = client.model_info()
+    MODEL_INFO.labels(role, info["model_version"], info["triton_version"]).set(1)
+    return client
+
+
+def _loaded_state(settings: Settings, client: RelevanceClient, liveness: Liveness) -> EmbeddingState:
+    """The embedding state of the client's version, read to the end of its topic."""
+    state = EmbeddingState(settings, client.embedding_dim(), client.model_version())
+    try:
+        state.load(beat=liveness.beat)
+    except BaseException:
+        state.close()  # retried: leave no consumer behind
+        raise
+    return state
+
+
+def _needed_topics(path: Path_, settings: Settings, version: str) -> tuple[str, str, set[str]]:
+    """(consumer group, input topic, every topic the path uses) of one path serving `version`."""
+    topics, worker = settings.topics, settings.worker
+    needed = {topics.embeddings_for(version), topics.dead_letter}
+    if path == "product":  # a group per version: during a rollout each version sees every upsert
+        return f"{worker.product_group}.{version}", topics.product_upserts, {topics.product_upserts, *needed}
+    needed |= {topics.query_logs, topics.relevance_scores, topics.ab_units}
+    if worker.shadow_model_version:
+        needed |= {topics.shadow_scores, topics.embeddings_for(worker.shadow_model_version)}
+    return worker.query_group, topics.query_logs, needed
+
+
 def build_loop(
     path: Path_, settings: Settings, stop: threading.Event, liveness: Liveness
 ) -> ConsumerLoop | None:
     """Reach every dependency of a path (waiting as long as it takes, or until `stop`), then its loop."""
-    client = RelevanceClient(settings.triton)
-    topics = settings.topics
+    client = RelevanceClient(settings.triton, settings.worker.model_version)
 
     def retry(what: str, make: Callable[[], T]) -> T | None:
         return retry_until(what, make, stop, settings.worker.startup_retry_max_s, liveness)
 
-    def ready_client() -> RelevanceClient:
-        if not client.is_ready():
-            raise TritonUnavailable(f"Triton at {settings.triton.url} is not ready")
-        client.model_version()
-        return client
-
-    if retry("triton", ready_client) is None:
+    if retry("triton", lambda: _ready_client(client, "serving")) is None:
         return None
     producer = retry("kafka producer", lambda: make_producer(settings.kafka))
     if producer is None:
         return None
-    if path == "product":
-        group, topic, only_here = settings.worker.product_group, topics.product_upserts, []
-    else:
-        group, topic = settings.worker.query_group, topics.query_logs
-        only_here = [topics.relevance_scores, topics.ab_units]
+    group, topic, needed = _needed_topics(path, settings, client.model_version())
     # Topics are never auto-created (compose disables it): a path waits until topic-init made all it uses.
-    needed = {topic, topics.product_embeddings, topics.dead_letter, *only_here}
     if retry("topics", lambda: require_topics(settings.kafka, needed)) is None:
         return None
     processor: ProductProcessor | QueryProcessor
     if path == "product":
         processor = ProductProcessor(settings, client)
     else:
-
-        def loaded_state() -> EmbeddingState:
-            # the version Triton serves; #19 adds the candidate version of a rollout beside it
-            state = EmbeddingState(settings, client.embedding_dim(), [client.model_version()])
-            try:
-                state.load(beat=liveness.beat)
-            except BaseException:
-                state.close()  # retried: leave no consumer behind
-                raise
-            return state
-
-        state = retry("embedding state", loaded_state)
+        state = retry("embedding state", lambda: _loaded_state(settings, client, liveness))
         if state is None:
             return None
-        processor = QueryProcessor(settings, client, state)
+        shadow = None
+        if settings.worker.shadow_model_version:
+            shadow = retry("shadow version", lambda: _shadow_scorer(settings, client, liveness))
+            if shadow is None:
+                return None
+        processor = QueryProcessor(settings, client, state, shadow)
     consumer = retry(f"kafka consumer ({group})", lambda: make_consumer(settings.kafka, group))
     if consumer is None:
         return None
     return ConsumerLoop(settings, topic, group, processor, consumer, producer, liveness)
+
+
+def _shadow_scorer(settings: Settings, serving: RelevanceClient, liveness: Liveness) -> ShadowScorer:
+    """The rollout's candidate: its own client and embedding state, scoring a sample in shadow."""
+    worker = settings.worker
+    assert worker.shadow_model_version is not None
+    candidate = _ready_client(serving.for_version(worker.shadow_model_version), "shadow")
+    state = _loaded_state(settings, candidate, liveness)
+    topic = settings.topics.shadow_scores
+    return ShadowScorer(candidate, state, serving.model_version(), worker.shadow_sample, topic)
 
 
 def _run_path(
@@ -146,8 +174,8 @@ def run_worker(
     """Run the given paths until stopped; returns a process exit code."""
     configure_logging(log_level)
     stop = stop or threading.Event()
-    liveness = Liveness(paths=paths)
-    server = serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, liveness)
+    liveness = SharedLiveness(paths=paths)  # probes served by a process of their own: worker/health.py
+    server = HealthServer(settings.worker.metrics_host, settings.worker.metrics_port, liveness)
     log.info(
         "worker_starting",
         paths=paths,

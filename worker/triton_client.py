@@ -1,7 +1,9 @@
 """Thin Triton client for the worker: one round trip per chunk of a batch, bounded retries.
 
-Talks to the two ensembles of `model_repository/` (gRPC by default, HTTP with
-``QL_TRITON_PROTOCOL=http``, TLS from `TritonSettings`):
+Talks to the two ensembles of one Query-LIFE version, ``<ensemble>.<model_version>`` (written by
+`querylife export`, each pinned to its own weights), over gRPC by default, HTTP with
+``QL_TRITON_PROTOCOL=http``, TLS from `TritonSettings`. A client serves one version; a second version
+(a rollout's candidate) is another client (`for_version`), so no call can mix two versions.
 
 - ``product_embedding``: TITLE, PRODUCT_TYPE, IMAGE [B,1] BYTES -> EMBEDDING [B,D] FP32, ERROR [B,1] BYTES
 - ``query_relevance``: QUERY [B,1] BYTES, PRODUCT_EMBEDDING [B,D] FP32 -> SIMILARITY, SCORE [B,1] FP32,
@@ -33,7 +35,8 @@ from worker.dependency import DependencyUnavailable
 PRODUCT_MODEL = "product_embedding"
 QUERY_MODEL = "query_relevance"
 VERSION_PARAMETER = "querylife_version"
-UNEXPORTED = "unexported"
+TRITON_VERSION_PARAMETER = "triton_version"
+PYTHON_MODELS = ("text_encoder", "image_encoder", "fusion", "relevance")
 
 # gRPC status names and HTTP codes that mean "try again later"
 _TRANSIENT_STATUS = {
@@ -126,12 +129,14 @@ class RelevanceClient:
     def __init__(
         self,
         settings: TritonSettings,
+        model_version: str | None = None,
         max_attempts: int = 4,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if settings.max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.settings = settings
+        self.version = model_version  # None: the only version Triton serves (`resolve_version`)
         self.max_attempts = max(1, max_attempts)
         self._sleep = sleep
         self.protocol = settings.protocol
@@ -168,14 +173,14 @@ class RelevanceClient:
     # ------------------------------------------------------------------ health and metadata
 
     def is_ready(self) -> bool:
-        """Server ready and both ensembles loaded; never raises."""
+        """Server ready and, once the version is known, both of its ensembles loaded; never raises."""
         try:
             kw = self._timeout_kw(min(self.settings.timeout_s, 5.0))
-            return bool(
-                self._client.is_server_ready(**kw)
-                and self._client.is_model_ready(PRODUCT_MODEL, **kw)
-                and self._client.is_model_ready(QUERY_MODEL, **kw)
-            )
+            if not self._client.is_server_ready(**kw):
+                return False
+            if self.version is None:
+                return True
+            return all(bool(self._client.is_model_ready(m, **kw)) for m in self.ensembles(self.version))
         except Exception:
             return False
 
@@ -188,32 +193,89 @@ class RelevanceClient:
                 raise TritonUnavailable(f"Triton at {self.settings.url} not ready after {timeout_s:.0f}s")
             self._sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
+    @staticmethod
+    def ensembles(version: str) -> tuple[str, str]:
+        return f"{PRODUCT_MODEL}.{version}", f"{QUERY_MODEL}.{version}"
+
+    def served_versions(self) -> list[str]:
+        """Query-LIFE versions whose two ensembles are both loaded and ready."""
+        index = self._call(self._repository_index, what="repository index")
+        ready = {str(m["name"]) for m in index if m.get("state") == "READY"}
+        prefix = f"{QUERY_MODEL}."
+        versions = [name[len(prefix) :] for name in ready if name.startswith(prefix)]
+        return sorted(v for v in versions if f"{PRODUCT_MODEL}.{v}" in ready)
+
+    def resolve_version(self) -> str:
+        """The version this client serves: the configured one, else the only one Triton serves."""
+        if self.version is None:
+            served = self.served_versions()
+            if len(served) != 1:
+                raise TritonRequestError(
+                    f"Triton serves {len(served)} Query-LIFE versions {served}: set QL_WORKER_MODEL_VERSION"
+                )
+            self.version = served[0]
+        return self.version
+
     def model_version(self) -> str:
-        """The Query-LIFE version stamped by `querylife export` into both ensembles' configs."""
-        versions: dict[str, str] = {}
-        for model in (PRODUCT_MODEL, QUERY_MODEL):
-            versions[model] = self._call(lambda model=model: self._stamp(model), what=f"{model} config")  # type: ignore[misc]
-        found = set(versions.values())
-        if len(found) != 1:
-            raise TritonRequestError(f"ensembles serve different model versions: {versions}")
-        version = found.pop()
-        if not version or version == UNEXPORTED:
-            raise TritonRequestError(f"{PRODUCT_MODEL} has no {VERSION_PARAMETER}: run `querylife export`")
+        """The version served, checked against the stamp `querylife export` wrote into both ensembles."""
+        version = self.resolve_version()
+        for model in self.ensembles(version):
+            stamp = self._call(lambda model=model: self._stamp(model), what=f"{model} config")  # type: ignore[misc]
+            if stamp != version:
+                raise TritonRequestError(f"{model} stamps {VERSION_PARAMETER}={stamp!r}, not {version!r}")
         return version
+
+    def model_info(self) -> dict[str, str]:
+        """What is served for this version: its Query-LIFE version and the Triton version directory."""
+        params = self._call(lambda: self._config(self.query_model), what="model config").get("parameters", {})
+        return {
+            "model_version": self.resolve_version(),
+            "triton_version": str(params.get(TRITON_VERSION_PARAMETER, {}).get("string_value", "")),
+        }
+
+    def for_version(self, version: str) -> RelevanceClient:
+        """A client of another version on its own connection (a rollout's candidate, scored in shadow)."""
+        return RelevanceClient(self.settings, version, self.max_attempts, self._sleep)
+
+    def load_version(self, version: str) -> None:
+        """Load (or reload) the python models, so Triton sees a new version directory, then the
+        version's ensembles. Needs `--model-control-mode=explicit`; versions already served keep
+        serving (version_policy all)."""
+        for model in (*PYTHON_MODELS, *self.ensembles(version)):
+            self._call(lambda model=model: self._client.load_model(model), what=f"load {model}")  # type: ignore[misc]
+
+    def unload_version(self, version: str) -> None:
+        """Unload one version's ensembles (its version directories go with `querylife export --retire`)."""
+        for model in self.ensembles(version):
+            self._call(lambda model=model: self._client.unload_model(model), what=f"unload {model}")  # type: ignore[misc]
+
+    @property
+    def product_model(self) -> str:
+        return self.ensembles(self.resolve_version())[0]
+
+    @property
+    def query_model(self) -> str:
+        return self.ensembles(self.resolve_version())[1]
 
     def embedding_dim(self) -> int:
         """Width D of the product embeddings `query_relevance` accepts (its PRODUCT_EMBEDDING [D] input)."""
-        config = self._call(lambda: self._config(QUERY_MODEL), what=f"{QUERY_MODEL} config")
+        config = self._call(lambda: self._config(self.query_model), what=f"{self.query_model} config")
         for tensor in config.get("input", []):
             dims = [int(d) for d in tensor.get("dims", [])]
             if tensor.get("name") == "PRODUCT_EMBEDDING" and len(dims) == 1 and dims[0] > 0:
                 return dims[0]
-        raise TritonRequestError(f"{QUERY_MODEL} has no PRODUCT_EMBEDDING [D] input")
+        raise TritonRequestError(f"{self.query_model} has no PRODUCT_EMBEDDING [D] input")
 
     def _config(self, model: str) -> dict[str, Any]:
         if self.protocol == "grpc":
             return dict(self._client.get_model_config(model, as_json=True, **self._timeout_kw())["config"])
         return dict(self._client.get_model_config(model))
+
+    def _repository_index(self) -> list[dict[str, Any]]:
+        if self.protocol == "grpc":
+            index = self._client.get_model_repository_index(as_json=True, **self._timeout_kw())
+            return list(index.get("models", []))
+        return list(self._client.get_model_repository_index())
 
     def _stamp(self, model: str) -> str:
         param = self._config(model).get("parameters", {}).get(VERSION_PARAMETER, {})
@@ -233,7 +295,7 @@ class RelevanceClient:
         for start in range(0, len(titles), self.settings.max_batch):
             end = start + self.settings.max_batch
             out = self._infer(
-                PRODUCT_MODEL,
+                self.product_model,
                 {
                     "TITLE": _bytes_column(titles[start:end]),
                     "PRODUCT_TYPE": _bytes_column(product_types[start:end]),
@@ -260,7 +322,7 @@ class RelevanceClient:
         for start in range(0, len(queries), self.settings.max_batch):
             end = start + self.settings.max_batch
             out = self._infer(
-                QUERY_MODEL,
+                self.query_model,
                 {"QUERY": _bytes_column(queries[start:end]), "PRODUCT_EMBEDDING": products[start:end]},
                 ["SIMILARITY", "SCORE", "LABEL"],
             )
