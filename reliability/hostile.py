@@ -24,6 +24,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,10 @@ def _r(*reasons: str) -> frozenset[str]:
 
 
 # --------------------------------------------------------------------------- templates
-
-NOW = "2024-05-01T12:00:00+00:00"
+# The corpus's event time: current, since the worker dead-letters a query log further than its grace
+# (QL_WORKER_EVENT_TIME_GRACE_S, 1 h) from its Kafka record timestamp; fixed once per process, so
+# the corpus stays deterministic within a run.
+NOW = datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 def valid_query(n: int, product_ids: list[str]) -> dict[str, Any]:
