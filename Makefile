@@ -15,6 +15,7 @@ SCALE_SIZES ?= 100000
 bench: install
 	.venv/bin/python -m benchmarks.end_to_end $(ARGS)
 	.venv/bin/python -m benchmarks.state_scale --sizes $(SCALE_SIZES)
+	.venv/bin/python -m benchmarks.backfill_rate --products 1500
 
 reliability: install
 	.venv/bin/python -m reliability $(ARGS)
