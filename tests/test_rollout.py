@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import REGISTRY
 
 from harness.demo_data import load_catalogue, product_event
 from harness.local_services import LocalBroker, LocalTriton
@@ -242,6 +243,9 @@ def test_rollout_and_rollback_from_the_runbook(
             assert {decode_event(ProductEmbeddingV2, v).model_version for v in table.values() if v} == {
                 version
             }
+        for role, version, directory in (("serving", SERVED_VERSION, "1"), ("shadow", NEW_VERSION, "2")):
+            labels = {"role": role, "model_version": version, "triton_version": directory}
+            assert REGISTRY.get_sample_value("querylife_model_info", labels) == 1.0
         with RelevanceClient(settings.triton, SERVED_VERSION) as client:
             assert client.served_versions() == [SERVED_VERSION]  # retired
     finally:
