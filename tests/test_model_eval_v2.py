@@ -1,0 +1,152 @@
+"""Honest evaluation (#22): the bootstrap and MDE on seeded synthetic deltas, the rubric's grades on
+hand-made products, and the committed graded set against the catalogue it was graded on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from querylife import handqueries as hq
+from querylife.bootstrap import min_detectable_effect, paired_bootstrap
+from querylife.catalogue import FULL_CATALOGUE
+from querylife.eval_v2 import SECTION_BEGIN, SECTION_END, splice_section
+
+# ------------------------------------------------------------------------------------------------
+# Bootstrap
+
+
+def test_constant_delta_has_a_zero_width_interval() -> None:
+    b = np.linspace(0.0, 1.0, 50)
+    i = paired_bootstrap(b + 0.1, b)
+    assert (i.delta, i.lo, i.hi) == pytest.approx((0.1, 0.1, 0.1))
+
+
+def test_a_real_effect_is_found_and_a_null_one_is_not() -> None:
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0.2, 0.9, 400)  # query difficulty, shared by both heads (paired)
+    better = base + rng.normal(0.05, 0.1, 400)
+    same = base + rng.normal(0.0, 0.1, 400)
+    up = paired_bootstrap(better, base, seed=1)
+    null = paired_bootstrap(same, base, seed=1)
+    assert up.lo > 0.03 and up.hi < 0.07 and up.verdict() == "helps"
+    assert null.lo < 0.0 < null.hi and null.verdict() == "no detectable effect"
+    assert paired_bootstrap(base - 0.05, base).verdict() == "hurts"
+
+
+def test_bootstrap_is_seeded_and_refuses_unpaired_input() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.random(60), rng.random(60)
+    assert paired_bootstrap(a, b, seed=5) == paired_bootstrap(a, b, seed=5)
+    with pytest.raises(ValueError):
+        paired_bootstrap([], [])
+
+
+def test_minimum_detectable_effect_matches_the_formula() -> None:
+    d = np.array([0.1, -0.1] * 50)  # sd (ddof=1) = 0.1005..., n = 100
+    expected = (1.959964 + 0.841621) * d.std(ddof=1) / 10.0
+    assert min_detectable_effect(d) == pytest.approx(expected, rel=1e-5)
+    assert np.isnan(min_detectable_effect([0.3]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Rubric
+
+
+def _product(**kw: str) -> dict[str, str]:
+    base = {
+        "product_id": "1",
+        "title": "Nike Men Striped Blue Shirt",
+        "product_type": "Shirts",
+        "colour": "Blue",
+        "gender": "Men",
+        "usage": "Casual",
+        "season": "Summer",
+    }
+    return {**base, **kw}
+
+
+INTENT = {
+    "types": ["Shirts"],
+    "near_types": ["Tshirts"],
+    "colours": ["Blue"],
+    "near_colours": ["Navy Blue"],
+    "gender": ["Men", "Unisex"],
+}
+
+
+@pytest.mark.parametrize(
+    ("product", "expected"),
+    [
+        (_product(), 3),  # type, colour and gender as asked
+        (_product(colour="Navy Blue"), 2),  # only a near shade missed
+        (_product(colour="Red"), 2),  # one of two constraints missed, the other met
+        (_product(colour="Red", gender="Women"), 1),  # right type only
+        (_product(product_type="Tshirts"), 1),  # a near type, every constraint met
+        (_product(product_type="Tshirts", colour="Red"), 0),  # a near type with a miss
+        (_product(product_type="Belts"), 0),
+    ],
+)
+def test_rubric_grades(product: dict[str, str], expected: int) -> None:
+    assert hq.grade(INTENT, product) == expected
+
+
+def test_one_constraint_missed_alone_is_partial_and_words_are_whole_title_words() -> None:
+    striped = {"types": ["Shirts"], "words": ["striped"]}
+    assert hq.grade(striped, _product()) == 3
+    assert hq.grade(striped, _product(title="Nike Men Stripedy Blue Shirt")) == 1  # not a whole word
+    assert hq.grade({"types": ["Shirts"], "colours": ["Red"]}, _product()) == 1
+
+
+def test_brand_is_the_head_without_a_type_and_a_constraint_with_one() -> None:
+    assert hq.grade({"brand": ["nike"]}, _product()) == 3
+    assert hq.grade({"brand": ["puma"], "near_brand": ["nike"]}, _product()) == 1
+    assert hq.grade({"types": ["Shirts"], "brand": ["puma"]}, _product()) == 1
+    assert hq.grade({"types": ["Shirts"], "brand": ["puma"], "colours": ["Blue"]}, _product()) == 2
+
+
+def test_intents_outside_the_rubric_are_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "q.jsonl"
+    bad.write_text(json.dumps({"id": "x", "text": "t", "kind": "type", "intent": {"mood": ["happy"]}}))
+    with pytest.raises(ValueError, match="not in the rubric"):
+        hq.load_intents(bad)
+    bad.write_text(json.dumps({"id": "x", "text": "t", "kind": "type", "intent": {"colours": ["Red"]}}))
+    with pytest.raises(ValueError, match="head"):
+        hq.load_intents(bad)
+
+
+def test_halves_are_fixed_by_the_id() -> None:
+    halves = [hq.half_of(f"h{i:03d}") for i in range(200)]
+    assert halves == [hq.half_of(f"h{i:03d}") for i in range(200)]
+    assert 70 < halves.count("dev") < 130
+
+
+@pytest.mark.skipif(not (FULL_CATALOGUE / "products.jsonl").exists(), reason="full catalogue absent")
+def test_committed_graded_set_is_the_rubric_over_test_products() -> None:
+    from querylife.data import load_products, split_products
+
+    test = split_products(load_products(FULL_CATALOGUE))["test"]
+    graded, dropped = hq.grade_queries(hq.load_intents(), test)
+    committed = hq.load_graded()
+    assert committed == graded and len(committed) >= 120
+    assert {q.half for q in committed} == {"dev", "test"}
+    test_ids = {p["product_id"] for p in test}
+    for q in committed:
+        assert set(q.relevance) <= test_ids and max(q.relevance.values()) >= 2
+    assert len(committed) + len(dropped) == len(hq.load_intents())
+
+
+# ------------------------------------------------------------------------------------------------
+# Report section
+
+
+def test_section_is_replaced_in_place(tmp_path: Path) -> None:
+    report = tmp_path / "model_eval.md"
+    report.write_text("# report\n\ntable\n")
+    splice_section(report, f"{SECTION_BEGIN}\nfirst\n{SECTION_END}")
+    report.write_text(report.read_text() + "\ntail\n")
+    splice_section(report, f"{SECTION_BEGIN}\nsecond\n{SECTION_END}")
+    text = report.read_text()
+    assert "second" in text and "first" not in text and text.index("second") < text.index("tail")
