@@ -62,6 +62,8 @@ def test_querylife_subcommands() -> None:
         "train",
         "evaluate",
         "reproduce",
+        "handqueries",
+        "evaluate-v2",
         "genfilt-cache",
         "export",
     }

@@ -1,0 +1,253 @@
+"""Honest evaluation (#22): every variant with several seeds, on generated test queries and on both
+halves of the hand-written set, with paired bootstrap intervals against the fine-tuned mean-fusion
+baseline and each query set's minimum detectable effect.
+
+Per query, a variant's score is its NDCG@10 averaged over its seeds; deltas are paired by query. The
+interval therefore covers query sampling; the seeds' spread is reported beside it (the standard
+deviation of the per-seed means), not folded into it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from querylife.bootstrap import Interval, min_detectable_effect, paired_bootstrap
+from querylife.checkpoint import Head, load_head
+from querylife.data import text_features_cached
+from querylife.evaluate import per_query_metrics
+from querylife.handqueries import HandQuery
+from querylife.splits import SplitData, split_similarities
+from querylife.train import Prepared, train, variant_config
+
+RUNS_V2_DIR = Path(".cache/runs-v2")
+BASELINE = "baseline_mean"
+V2_VARIANTS = (
+    "baseline_mean",
+    "baseline_concat",
+    "zero_shot",
+    "querylife_full",
+    "ablate_no_type_fusion",
+    "ablate_no_alignment",
+    "ablate_no_genfilt",
+)
+SERVED = "served head"
+SECTION_BEGIN = "<!-- eval-v2:begin -->"
+SECTION_END = "<!-- eval-v2:end -->"
+
+
+def run_dir(runs_dir: Path, variant: str, seed: int) -> Path:
+    return runs_dir / f"{variant}-s{seed}"
+
+
+def train_seeds(
+    prep: Prepared, variants: Sequence[str], seeds: Sequence[int], runs_dir: Path, judge: str
+) -> dict[str, list[Path]]:
+    """Each variant trained once per seed; a finished run (metrics.json present) is reused."""
+    runs: dict[str, list[Path]] = {}
+    for name in variants:
+        for seed in seeds:
+            out = run_dir(runs_dir, name, seed)
+            if not (out / "metrics.json").exists():
+                cfg = variant_config(name, judge=judge, image_size=prep.image_size, seed=seed)
+                train(cfg, prep, out, resume=True, progress=False)
+            runs.setdefault(name, []).append(out)
+    return runs
+
+
+def hand_split(test: SplitData, queries: Sequence[HandQuery], cache_dir: Path) -> SplitData:
+    """The test split's products with hand-written queries in place of generated ones (no query has a
+    source product, so query_product_idx is a placeholder no metric here reads)."""
+    feats = text_features_cached([q.text for q in queries], cache_dir=cache_dir, desc="hand query features")
+    return replace(
+        test,
+        queries=list(queries),
+        query_feats=feats,
+        query_product_idx=torch.zeros(len(queries), dtype=torch.long),
+    )
+
+
+def per_query_ndcg(head: Head, split: SplitData) -> np.ndarray:
+    sims = split_similarities(head, split).numpy()
+    return per_query_metrics(sims, split.grades())["ndcg10"]
+
+
+@dataclass
+class Scores:
+    """Per-query NDCG@10 of every variant on every query set: ``values[set][variant]`` is [seeds, Q]."""
+
+    values: dict[str, dict[str, np.ndarray]]
+
+    def query_mean(self, qset: str, variant: str) -> np.ndarray:
+        return self.values[qset][variant].mean(axis=0)
+
+
+def score_runs(runs: dict[str, list[Path]], sets: dict[str, SplitData], served: Path | None = None) -> Scores:
+    """Load every run once and score it on every query set; the served head is one more row."""
+    heads: dict[str, list[Head]] = {n: [load_head(p)[0] for p in paths] for n, paths in runs.items()}
+    if served is not None:
+        heads[SERVED] = [load_head(served)[0]]
+    values: dict[str, dict[str, np.ndarray]] = {}
+    for qset, split in sets.items():
+        values[qset] = {n: np.stack([per_query_ndcg(h, split) for h in hs]) for n, hs in heads.items()}
+    return Scores(values)
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    seed_sd: float
+    seeds: int
+    vs_baseline: Interval | None
+
+
+def summarise(scores: Scores, n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, Cell]]:
+    """Mean, seed spread and paired interval against the baseline, per query set and variant."""
+    out: dict[str, dict[str, Cell]] = {}
+    for qset, by_variant in scores.values.items():
+        base = scores.query_mean(qset, BASELINE) if BASELINE in by_variant else None
+        out[qset] = {}
+        for name, v in by_variant.items():
+            per_seed = v.mean(axis=1)
+            ci = None
+            if base is not None and name != BASELINE:
+                ci = paired_bootstrap(v.mean(axis=0), base, n_boot=n_boot, seed=seed)
+            sd = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
+            out[qset][name] = Cell(float(per_seed.mean()), sd, len(per_seed), ci)
+    return out
+
+
+def set_mde(scores: Scores, qset: str) -> float:
+    """A query set's minimum detectable effect: the median over variants of the MDE of their paired
+    deltas against the baseline (what one more module would need to show up here)."""
+    by_variant = scores.values[qset]
+    base = scores.query_mean(qset, BASELINE)
+    mdes = [
+        min_detectable_effect(scores.query_mean(qset, n) - base)
+        for n in by_variant
+        if n not in (BASELINE, SERVED)
+    ]
+    return float(np.median(mdes)) if mdes else float("nan")
+
+
+def _cell(c: Cell) -> str:
+    spread = f" ± {c.seed_sd:.4f}" if c.seeds > 1 else ""
+    if c.vs_baseline is None:
+        return f"{c.mean:.4f}{spread}"
+    i = c.vs_baseline
+    return f"{c.mean:.4f}{spread}<br>Δ {i.delta:+.4f} [{i.lo:+.4f}, {i.hi:+.4f}]"
+
+
+def render_section(
+    table: dict[str, dict[str, Cell]], mdes: dict[str, float], sizes: dict[str, int], context: dict[str, Any]
+) -> str:
+    """Markdown: the table, the generated-vs-hand gap, MDEs and a plain verdict per module."""
+    sets = list(table)
+    variants = list(table[sets[0]])
+    lines = [
+        SECTION_BEGIN,
+        "## Honest evaluation: seeds, hand-written queries, bootstrap intervals",
+        "",
+        f"Generated by `{context['command']}`. NDCG@10, mean over {context['seeds']} seeds ± the seeds' "
+        f"standard deviation; Δ: paired difference against `{BASELINE}` (fine-tuned, mean fusion), "
+        f"per-query scores averaged over seeds, with its 95 % bootstrap interval over queries "
+        f"({context['n_boot']} resamples). Products: the {context['products']} test-split products.",
+        "",
+        "| variant | " + " | ".join(f"{s} ({sizes[s]} q)" for s in sets) + " | gap generated − hand dev |",
+        "| --- | " + " | ".join("---" for _ in sets) + " | --- |",
+    ]
+    for v in variants:
+        gap = table[sets[0]][v].mean - table["hand dev"][v].mean if "hand dev" in table else float("nan")
+        lines.append(f"| {v} | " + " | ".join(_cell(table[s][v]) for s in sets) + f" | {gap:+.4f} |")
+    lines += ["", "Minimum detectable effect (80 % power, two-sided 5 %), NDCG@10:", ""]
+    lines += [f"- {s}: {mdes[s]:.4f}" for s in sets]
+    lines += ["", "Which modules help (interval against the baseline; dev half decides):", ""]
+    for v in variants:
+        verdicts = [
+            f"{s}: {c.vs_baseline.verdict()} ({c.vs_baseline.delta:+.4f})"
+            for s in sets
+            if (c := table[s][v]).vs_baseline is not None
+        ]
+        if verdicts:
+            lines.append(f"- {v}: " + "; ".join(verdicts))
+    lines += ["", *context.get("notes", []), SECTION_END]
+    return "\n".join(lines)
+
+
+def splice_section(report: Path, section: str) -> None:
+    """Put the section into the model report, replacing an earlier one (or appending)."""
+    text = report.read_text() if report.exists() else "# Query-LIFE model evaluation\n"
+    if SECTION_BEGIN in text and SECTION_END in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        text = head + section + rest.split(SECTION_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    report.write_text(text)
+
+
+def dump_scores(scores: Scores, path: Path) -> None:
+    """Per-query, per-seed scores (JSON) so the intervals can be recomputed without retraining."""
+    blob = {s: {v: a.round(6).tolist() for v, a in d.items()} for s, d in scores.values.items()}
+    path.write_text(json.dumps(blob) + "\n")
+
+
+@dataclass(frozen=True)
+class V2Options:
+    variants: tuple[str, ...]
+    seeds: tuple[int, ...]
+    runs_dir: Path
+    judge: str
+    reports: Path
+    cache_dir: Path
+    images_dir: Path
+    command: str
+    served: Path
+    n_boot: int = 2000
+    sheet_queries: int = 6
+
+
+def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
+    """Train what is missing, score every set, write the report section, scores and contact sheet."""
+    from querylife.contact_sheet import sample_queries, write_contact_sheet
+    from querylife.handqueries import load_graded
+
+    runs = train_seeds(prep, opts.variants, opts.seeds, opts.runs_dir, opts.judge)
+    test = prep.splits["test"]
+    dev_q, test_q = load_graded(half="dev"), load_graded(half="test")
+    sets = {
+        "generated test": test,
+        "hand dev": hand_split(test, dev_q, opts.cache_dir),
+        "hand test": hand_split(test, test_q, opts.cache_dir),
+    }
+    scores = score_runs(runs, sets, served=opts.served)
+    table = summarise(scores, n_boot=opts.n_boot)
+    mdes = {s: set_mde(scores, s) for s in sets}
+    notes = [
+        f"Hand-written queries: {len(dev_q) + len(test_q)} graded (docs/eval_rubric.md, "
+        "data/handwritten-queries/graded.jsonl), split once by a seeded hash of the query id. "
+        f"`{SERVED}`: querylife/weights as committed (one seed). Contact sheet: "
+        "reports/model_contact_sheet.png (hand dev queries, served head beside seed-0 baseline_mean).",
+    ]
+    ctx = {
+        "command": opts.command,
+        "seeds": len(opts.seeds),
+        "n_boot": opts.n_boot,
+        "products": len(test.products),
+        "notes": notes,
+    }
+    section = render_section(table, mdes, {s: len(v.queries) for s, v in sets.items()}, ctx)
+    opts.reports.mkdir(parents=True, exist_ok=True)
+    (opts.reports / "model_eval_v2.md").write_text(section + "\n")
+    splice_section(opts.reports / "model_eval.md", section)
+    dump_scores(scores, opts.reports / "model_eval_v2_scores.json")
+    sample = sample_queries(dev_q, opts.sheet_queries)
+    heads = {SERVED: load_head(opts.served)[0], f"{BASELINE} s0": load_head(runs[BASELINE][0])[0]}
+    sheet_split = hand_split(test, sample, opts.cache_dir)
+    write_contact_sheet(sheet_split, heads, opts.images_dir, opts.reports / "model_contact_sheet.png")
+    return table
