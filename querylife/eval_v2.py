@@ -176,7 +176,44 @@ def render_section(
         ]
         if verdicts:
             lines.append(f"- {v}: " + "; ".join(verdicts))
-    lines += ["", *context.get("notes", []), SECTION_END]
+    for note in context.get("notes", []):
+        lines += ["", note]
+    lines.append(SECTION_END)
+    return "\n".join(lines)
+
+
+def query_kind(q: Any) -> str:
+    """A hand-written query's kind as written; a generated one's from its template (brand, colour,
+    occasion, gender, type), misspelt ones apart."""
+    if isinstance(q, HandQuery):
+        return q.kind
+    shape = str(q.shape)
+    if shape.endswith("+misspelt"):
+        return "misspelling"
+    for key, kind in (("brand", "brand"), ("colour", "colour"), ("usage", "occasion"), ("gender", "gender")):
+        if key in shape:
+            return kind
+    return "type"
+
+
+def render_kinds(scores: Scores, sets: dict[str, SplitData], skip: Sequence[str] = ("hand test",)) -> str:
+    """NDCG@10 per query kind (seed-averaged), for the sets not in ``skip`` (the test half is reported
+    only in the main table, so per-kind reading does not tune on it)."""
+    variants = list(next(iter(scores.values.values())))
+    lines = [
+        "### Per query kind (NDCG@10, mean over seeds)",
+        "",
+        "| set | kind | queries | " + " | ".join(variants) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in variants) + " |",
+    ]
+    for qset, split in sets.items():
+        if qset in skip:
+            continue
+        kinds = np.array([query_kind(q) for q in split.queries])
+        for kind in sorted(set(kinds)):
+            m = kinds == kind
+            cells = " | ".join(f"{scores.query_mean(qset, v)[m].mean():.3f}" for v in variants)
+            lines.append(f"| {qset} | {kind} | {int(m.sum())} | {cells} |")
     return "\n".join(lines)
 
 
@@ -234,6 +271,7 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
         f"`{SERVED}`: querylife/weights as committed (one seed). Contact sheet: "
         "reports/model_contact_sheet.png (hand dev queries, served head beside seed-0 baseline_mean).",
     ]
+    notes.append(render_kinds(scores, sets))
     ctx = {
         "command": opts.command,
         "seeds": len(opts.seeds),
