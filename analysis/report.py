@@ -173,7 +173,8 @@ def format_lift_table(report: ExperimentReport) -> str:
         )
     notes = list(report.notes) + list(report.srm.notes)
     notes += sorted({n for row in lift_rows(report) for n in row["notes"].split("; ") if n})
-    lines += [f"\nnote: {n}" for n in notes]
+    if notes:
+        lines += ["", "Notes:", *(f"- {n}" for n in notes)]
     return "\n".join(lines)
 
 
