@@ -182,6 +182,34 @@ def render_section(
     return "\n".join(lines)
 
 
+MODULES = {  # module -> the ablation that lacks it (compared with querylife_full)
+    "type fusion": "ablate_no_type_fusion",
+    "query-aware alignment": "ablate_no_alignment",
+    "GenFilt": "ablate_no_genfilt",
+}
+
+
+def render_modules(scores: Scores, n_boot: int = 2000, full: str = "querylife_full") -> str:
+    """What each module adds: querylife_full minus the ablation without it, paired by query."""
+    sets = [s for s, d in scores.values.items() if full in d]
+    lines = [
+        "### What each module adds (querylife_full − its ablation, 95 % interval)",
+        "",
+        "| module | " + " | ".join(sets) + " |",
+        "| --- | " + " | ".join("---" for _ in sets) + " |",
+    ]
+    for module, ablation in MODULES.items():
+        cells = []
+        for s in sets:
+            if ablation not in scores.values[s]:
+                cells.append("-")
+                continue
+            i = paired_bootstrap(scores.query_mean(s, full), scores.query_mean(s, ablation), n_boot=n_boot)
+            cells.append(f"{i.delta:+.4f} [{i.lo:+.4f}, {i.hi:+.4f}] {i.verdict()}")
+        lines.append(f"| {module} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def query_kind(q: Any) -> str:
     """A hand-written query's kind as written; a generated one's from its template (brand, colour,
     occasion, gender, type), misspelt ones apart."""
@@ -271,7 +299,7 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
         f"`{SERVED}`: querylife/weights as committed (one seed). Contact sheet: "
         "reports/model_contact_sheet.png (hand dev queries, served head beside seed-0 baseline_mean).",
     ]
-    notes.append(render_kinds(scores, sets))
+    notes += [render_modules(scores, opts.n_boot), render_kinds(scores, sets)]
     ctx = {
         "command": opts.command,
         "seeds": len(opts.seeds),

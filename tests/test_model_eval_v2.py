@@ -150,3 +150,18 @@ def test_section_is_replaced_in_place(tmp_path: Path) -> None:
     splice_section(report, f"{SECTION_BEGIN}\nsecond\n{SECTION_END}")
     text = report.read_text()
     assert "second" in text and "first" not in text and text.index("second") < text.index("tail")
+
+
+def test_summary_pairs_by_query_and_reports_the_seed_spread() -> None:
+    from querylife.eval_v2 import BASELINE, Scores, render_modules, summarise
+
+    rng = np.random.default_rng(11)
+    base = rng.uniform(0.3, 0.9, size=(3, 300))  # [seeds, queries]
+    full = base + 0.05 + rng.normal(0.0, 0.02, size=(3, 300))
+    scores = Scores({"s": {BASELINE: base, "querylife_full": full, "ablate_no_genfilt": full.copy()}})
+    table = summarise(scores, n_boot=500)["s"]
+    assert table[BASELINE].vs_baseline is None and table[BASELINE].seeds == 3
+    assert table[BASELINE].seed_sd == pytest.approx(float(base.mean(axis=1).std(ddof=1)))
+    ci = table["querylife_full"].vs_baseline
+    assert ci is not None and 0.045 < ci.lo < ci.delta < ci.hi < 0.055
+    assert "| GenFilt | +0.0000 [+0.0000, +0.0000] no detectable effect |" in render_modules(scores, 200)
