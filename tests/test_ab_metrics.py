@@ -190,3 +190,20 @@ def test_experiments_file_is_validated() -> None:
         parse_experiments(text.replace('"B": 0.5', '"B": 0.6'))
     with pytest.raises(ExperimentsError, match="unit"):
         parse_experiments(text.replace('"user"', '"device"'))
+
+
+def test_an_open_window_costs_well_under_a_kilobyte() -> None:
+    """The memory a worker holds per open (unit, window): docs/deploying.md sizes the grace with it."""
+    import tracemalloc
+
+    agg = aggregator(grace_s=3600)
+    events = [log(i, user=f"user-{i:08d}") for i in range(5000)]
+    records = [record(i, ev) for i, ev in enumerate(events)]
+    tracemalloc.start()
+    for ev, rec in zip(events, records, strict=True):
+        agg.add(ev, rec, SCORES, "querylife-v1-5e4a6295a6")
+    used, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    per_window = used / len(agg.windows)
+    print(f"{len(agg.windows)} open windows, {per_window:.0f} bytes each (ids excluded)")
+    assert len(agg.windows) == 5000 and per_window < 1024
