@@ -48,7 +48,13 @@ from kafka.structs import TopicPartition
 
 from benchmarks.bench_encoders import _rate as items_per_s
 from harness.demo_data import load_catalogue, product_event, query_log_events
-from harness.local_services import LocalBroker, LocalTriton, ManagedProcess, prepare_model_repository
+from harness.local_services import (
+    LocalBroker,
+    LocalTriton,
+    ManagedProcess,
+    prepare_model_repository,
+    worker_env,
+)
 from querylife.catalogue import catalogue_dir
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
 from worker.kafka_io import create_topics, make_consumer, make_producer, read_topic
@@ -193,29 +199,6 @@ def bench_settings(broker: LocalBroker, triton: LocalTriton, tag: str) -> Settin
             model_version=RelevanceClient(TritonSettings(url=triton.grpc_url)).resolve_version(),
         ),
     )
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The same settings as QL_* variables, for the worker subprocess."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "QL_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "QL_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
-            "QL_TRITON_URL": settings.triton.url,
-            "QL_TRITON_MAX_BATCH": str(settings.triton.max_batch),
-            "QL_WORKER_PRODUCT_GROUP": settings.worker.product_group,
-            "QL_WORKER_QUERY_GROUP": settings.worker.query_group,
-            "QL_WORKER_IMAGE_ROOT": str(settings.worker.image_root),
-            "QL_WORKER_NAME": settings.worker.name,
-            "QL_WORKER_UNKNOWN_PRODUCT_WAIT_S": str(settings.worker.unknown_product_wait_s),
-            "QL_WORKER_BATCH_MAX_EVENTS": str(settings.worker.batch_max_events),
-            "QL_WORKER_BATCH_MAX_WAIT_MS": str(settings.worker.batch_max_wait_ms),
-            "QL_WORKER_MODEL_VERSION": str(settings.worker.model_version),
-        }
-    )
-    env.update(settings.topics.name_env())
-    return env
 
 
 def start_worker(settings: Settings, path: str, log_dir: Path) -> ManagedProcess:

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.config import Settings
+
 READY_TIMEOUT_S = 120.0
 
 
@@ -139,6 +141,14 @@ def _exit_on_sigterm() -> None:
         None,
     ):
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a worker subprocess: this process's minus any `QL_*` (nothing leaks in from
+    the caller's shell), plus `settings` as the `QL_*` variables that recreate them, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QL_")}
+    env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return env | settings.to_env() | extra
 
 
 def _default_log_dir() -> Path:

@@ -10,7 +10,6 @@ is bounded in time; every wait fails with a message instead of hanging.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
 import sys
@@ -31,7 +30,14 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from harness.local_services import LocalBroker, LocalObjectStore, LocalTriton, ManagedProcess, free_port
+from harness.local_services import (
+    LocalBroker,
+    LocalObjectStore,
+    LocalTriton,
+    ManagedProcess,
+    free_port,
+    worker_env,
+)
 from querylife.catalogue import catalogue_dir
 from querylife.checkpoint import DEFAULT_DIR, META_FILE
 from schemas import (
@@ -163,37 +169,6 @@ def fresh_settings(bootstrap: str, triton_url: str, **worker: Any) -> Settings:
     )
 
 
-def worker_env(settings: Settings, name: str, metrics_port: int = 0, **extra: str) -> dict[str, str]:
-    """The environment of a worker subprocess: this one, minus any QL_*, plus the scenario's settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QL_")}
-    env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    k, t, tr, w = settings.kafka, settings.topics, settings.triton, settings.worker
-    env |= {
-        "QL_KAFKA_BOOTSTRAP_SERVERS": k.bootstrap_servers,
-        "QL_KAFKA_SESSION_TIMEOUT_MS": str(k.session_timeout_ms),
-        "QL_KAFKA_HEARTBEAT_INTERVAL_MS": str(k.heartbeat_interval_ms),
-        "QL_KAFKA_REQUEST_TIMEOUT_MS": str(k.request_timeout_ms),
-        "QL_TRITON_URL": tr.url,
-        "QL_TRITON_PROTOCOL": tr.protocol,
-        "QL_TRITON_TIMEOUT_S": str(tr.timeout_s),
-        "QL_TRITON_RETRY_INITIAL_S": str(tr.retry_initial_s),
-        "QL_TRITON_RETRY_MAX_S": str(tr.retry_max_s),
-        "QL_WORKER_PRODUCT_GROUP": w.product_group,
-        "QL_WORKER_QUERY_GROUP": w.query_group,
-        "QL_WORKER_BATCH_MAX_EVENTS": str(w.batch_max_events),
-        "QL_WORKER_BATCH_MAX_WAIT_MS": str(w.batch_max_wait_ms),
-        "QL_WORKER_UNKNOWN_PRODUCT_WAIT_S": str(w.unknown_product_wait_s),
-        "QL_WORKER_METRICS_PORT": str(metrics_port),
-        "QL_WORKER_NAME": name,
-    }
-    if w.image_root is not None:
-        env["QL_WORKER_IMAGE_ROOT"] = str(w.image_root)
-    if w.model_version is not None:
-        env["QL_WORKER_MODEL_VERSION"] = w.model_version
-    env.update(t.name_env())
-    return env | extra
-
-
 class WorkerProcess:
     """`python -m worker.cli run --path ...` in its own process group; kill -9 is a real kill -9."""
 
@@ -208,7 +183,9 @@ class WorkerProcess:
     ) -> None:
         self.name = name
         self.metrics_port = metrics_port or free_port()
-        self.env = worker_env(settings, name, self.metrics_port, **(extra_env or {}))
+        self.env = worker_env(
+            settings, QL_WORKER_NAME=name, QL_WORKER_METRICS_PORT=str(self.metrics_port), **(extra_env or {})
+        )
         self.path = path
         self.log_path = log_dir / f"{name}.log"
         self.proc: ManagedProcess | None = None
