@@ -258,7 +258,7 @@ def splice_section(report: Path, section: str) -> None:
 
 def dump_scores(scores: Scores, path: Path) -> None:
     """Per-query, per-seed scores (JSON) so the intervals can be recomputed without retraining."""
-    blob = {s: {v: a.round(6).tolist() for v, a in d.items()} for s, d in scores.values.items()}
+    blob = {s: {v: a.round(4).tolist() for v, a in d.items()} for s, d in scores.values.items()}
     path.write_text(json.dumps(blob) + "\n")
 
 
