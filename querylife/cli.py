@@ -426,6 +426,7 @@ def cmd_evaluate_v2(a: argparse.Namespace) -> int:
         command=_command_line(a),
         served=DEFAULT_DIR,
         n_boot=a.n_boot,
+        large=a.large_data,
     )
     evaluate_v2(prep, opts)
     print((a.reports / "model_eval_v2.md").read_text())
@@ -442,6 +443,13 @@ def _evaluate_v2_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--reports", type=Path, default=Path("reports"), help="where the reports go")
     ap.add_argument("--judge", default=None, help="GenFilt judge cache name (default: first that exists)")
     ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per interval")
+    ap.add_argument(
+        "--large-data",
+        type=Path,
+        default=None,
+        help="also train baseline_mean and ablate_no_genfilt on this larger catalogue (a superset, e.g. "
+        "../shared/data/fashion-products-large) and score them on the same test queries",
+    )
 
 
 def _command_line(a: argparse.Namespace) -> str:

@@ -42,18 +42,21 @@ SECTION_BEGIN = "<!-- eval-v2:begin -->"
 SECTION_END = "<!-- eval-v2:end -->"
 
 
-def run_dir(runs_dir: Path, variant: str, seed: int) -> Path:
-    return runs_dir / f"{variant}-s{seed}"
+LARGE_TAG = "large"
+
+
+def run_dir(runs_dir: Path, variant: str, seed: int, tag: str = "") -> Path:
+    return runs_dir / f"{variant}{'@' + tag if tag else ''}-s{seed}"
 
 
 def train_seeds(
-    prep: Prepared, variants: Sequence[str], seeds: Sequence[int], runs_dir: Path, judge: str
+    prep: Prepared, variants: Sequence[str], seeds: Sequence[int], runs_dir: Path, judge: str, tag: str = ""
 ) -> dict[str, list[Path]]:
     """Each variant trained once per seed; a finished run (metrics.json present) is reused."""
     runs: dict[str, list[Path]] = {}
     for name in variants:
         for seed in seeds:
-            out = run_dir(runs_dir, name, seed)
+            out = run_dir(runs_dir, name, seed, tag)
             if not (out / "metrics.json").exists():
                 cfg = variant_config(name, judge=judge, image_size=prep.image_size, seed=seed)
                 train(cfg, prep, out, resume=True, progress=False)
@@ -275,6 +278,24 @@ class V2Options:
     served: Path
     n_boot: int = 2000
     sheet_queries: int = 6
+    large: Path | None = None  # a larger training catalogue (a superset), evaluated on the same sets
+    large_variants: tuple[str, ...] = ("baseline_mean", "ablate_no_genfilt")
+
+
+def train_large(prep: Prepared, opts: V2Options) -> dict[str, list[Path]]:
+    """Variants trained on the larger catalogue; refused if any product of the evaluation's test split
+    would be trained on there."""
+    from querylife.train import prepare
+
+    assert opts.large is not None
+    big = prepare(opts.large, image_size=prep.image_size, cache_dir=opts.cache_dir)
+    test_ids = {p["product_id"] for p in prep.splits["test"].products}
+    seen = test_ids & {p["product_id"] for s in ("train", "val") for p in big.splits[s].products}
+    if seen:
+        raise ValueError(f"{len(seen)} test products are in the large catalogue's train/val splits")
+    runs = train_seeds(big, opts.large_variants, opts.seeds, opts.runs_dir, opts.judge, tag=LARGE_TAG)
+    n = len(big.splits["train"].products)
+    return {f"{name} (trained on {n:,} products)": paths for name, paths in runs.items()}
 
 
 def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
@@ -283,6 +304,8 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
     from querylife.handqueries import load_graded
 
     runs = train_seeds(prep, opts.variants, opts.seeds, opts.runs_dir, opts.judge)
+    if opts.large is not None:
+        runs.update(train_large(prep, opts))
     test = prep.splits["test"]
     dev_q, test_q = load_graded(half="dev"), load_graded(half="test")
     sets = {
