@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from querylife import scoring
 from querylife.calibration import Calibration
 from querylife.checkpoint import Head, load_head
 from querylife.towers import Towers, build_towers
@@ -72,7 +73,6 @@ class QueryLifeModel(torch.nn.Module):
             outs.append(F.normalize(self.head.image_proj(feats), dim=-1))
         return torch.cat(outs)
 
-    @torch.inference_mode()
     def fuse(
         self,
         title_emb: torch.Tensor,
@@ -82,13 +82,9 @@ class QueryLifeModel(torch.nn.Module):
         has_image: torch.Tensor,
     ) -> torch.Tensor:
         """Type-conditioned fusion -> [N, D] L2-normalised; a missing modality falls back exactly."""
-        dev = self.device
-        ids = self.head.fusion.type_ids(product_types, device=dev)
-        return self.head.fusion(
-            title_emb.to(dev), image_emb.to(dev), ids, has_title.to(dev).bool(), has_image.to(dev).bool()
-        )
+        args = (title_emb, image_emb, product_types, has_title, has_image)
+        return scoring.fuse(self.head.fusion, *args, device=self.device)[0]
 
-    @torch.inference_mode()
     def fusion_weights(
         self,
         title_emb: torch.Tensor,
@@ -97,22 +93,15 @@ class QueryLifeModel(torch.nn.Module):
         has_title: torch.Tensor,
         has_image: torch.Tensor,
     ) -> torch.Tensor:
-        """[N, 2] (w_title, w_image) used by ``fuse`` (for inspection / explanations)."""
-        dev = self.device
-        ids = self.head.fusion.type_ids(product_types, device=dev)
-        return self.head.fusion.weights(
-            title_emb.to(dev), image_emb.to(dev), ids, has_title.to(dev).bool(), has_image.to(dev).bool()
-        )
+        """[N, 2] (w_title, w_image) used by ``fuse`` (served as FUSION_WEIGHTS, the "why" of a score)."""
+        args = (title_emb, image_emb, product_types, has_title, has_image)
+        return scoring.fuse(self.head.fusion, *args, device=self.device)[1]
 
-    @torch.inference_mode()
     def relevance(
         self, query_emb: torch.Tensor, product_emb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Row-wise (cosine similarity [N], calibrated probability [N] in [0, 1])."""
-        if query_emb.shape != product_emb.shape:
-            raise ValueError(f"shape mismatch {tuple(query_emb.shape)} vs {tuple(product_emb.shape)}")
-        cos = (F.normalize(query_emb.float(), dim=-1) * F.normalize(product_emb.float(), dim=-1)).sum(-1)
-        return cos, self.calibration.probability(cos)
+        return scoring.relevance(self.calibration, query_emb, product_emb)
 
     def label(self, probability: float) -> str:
         """One of the schemas.ScoreLabel values: irrelevant / partial / relevant / exact."""

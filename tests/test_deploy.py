@@ -21,6 +21,7 @@ import json
 import os
 import re
 import subprocess
+import tomllib
 import types
 import typing
 from pathlib import Path
@@ -442,6 +443,26 @@ def test_worker_image_provides_every_worker_import() -> None:
                 f"(imported by {sorted(where)}) is missing from docker/worker-requirements.txt"
             )
     assert not problems, "\n".join(problems)
+
+
+def _requirement_specs(lines: list[str]) -> dict[str, str]:
+    """Canonical distribution name -> its requirement as packaging normalises it (extras, pins)."""
+    from packaging.requirements import Requirement
+
+    specs = [Requirement(line.split("#", 1)[0].strip()) for line in lines]
+    return {_canon(r.name): str(r).replace(r.name, _canon(r.name), 1) for r in specs if r.name}
+
+
+def test_worker_extra_is_the_worker_image_requirements() -> None:
+    """`pip install querylife[worker]` and the image install the same packages at the same pins."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["worker"]
+    image = [
+        line
+        for line in (DOCKER / "worker-requirements.txt").read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    assert _requirement_specs(extra) == _requirement_specs(image)
+    assert {"kafka-python", "crc32c", "tritonclient"} <= set(_requirement_specs(image))
 
 
 # --------------------------------------------------------------------------- docs

@@ -3,7 +3,7 @@
 TITLE_EMBEDDING [B,D], IMAGE_EMBEDDING [B,D] FP32, PRODUCT_TYPE [B,1] BYTES, HAS_TITLE [B,1] BOOL,
 HAS_IMAGE [B,1] BOOL, optional IMAGE_ERROR [B,1] BYTES -> EMBEDDING [B,D] FP32, ERROR [B,1] BYTES,
 FUSION_WEIGHTS [B,2] FP32 (title, image: the weights that made EMBEDDING, the "why" of a score).
-The fusion itself is the head's `querylife.fusion.Fusion`, exactly what `QueryLifeModel.fuse` calls;
+The fusion itself is `querylife.scoring.fuse`, the function `QueryLifeModel.fuse` calls;
 only the head is loaded (no towers). A row fails (zeros + ERROR) when the image encoder reported an
 error for it, or when it has neither a title nor an image ("no_content: ..."). Whatever else raises
 fails only its own request or item (`querylife.serving.execute_isolated`): an item that cannot be
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from querylife.scoring import fuse
 from querylife.serving import (
     Outputs,
     concat_input,
@@ -92,14 +93,6 @@ class TritonPythonModel:
         has_image: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Fused embeddings [N,D] and the (title, image) weights [N,2] that made them."""
-        fusion = self.head.fusion
-        args = (
-            title.to(self.device),
-            image.to(self.device),
-            fusion.type_ids(types, device=self.device),
-            torch.from_numpy(has_title).to(self.device),
-            torch.from_numpy(has_image).to(self.device),
-        )
-        with torch.inference_mode():  # exactly QueryLifeModel.fuse: the head's type-gated Fusion
-            fused, weights = fusion(*args), fusion.weights(*args)
+        flags = (torch.from_numpy(has_title), torch.from_numpy(has_image))
+        fused, weights = fuse(self.head.fusion, title, image, types, *flags, device=self.device)
         return np.asarray(fused.float().cpu().numpy()), np.asarray(weights.float().cpu().numpy())

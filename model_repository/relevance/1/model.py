@@ -2,8 +2,9 @@
 
 QUERY_EMBEDDING [B,D], PRODUCT_EMBEDDING [B,D] FP32 -> SIMILARITY [B,1] FP32 (cosine),
 SCORE [B,1] FP32 (calibrated probability), LABEL [B,1] BYTES (irrelevant|partial|relevant|exact).
-Same arithmetic as `QueryLifeModel.relevance` / `.label`: cosine, then the head's `Calibration`
-(the object training fits and evaluation uses); only the head is loaded, no towers.
+The arithmetic is `querylife.scoring.relevance`, the function `QueryLifeModel.relevance` calls
+(cosine, then the head's `Calibration`, the object training fits and evaluation uses); labels as
+`QueryLifeModel.label`; only the head is loaded, no towers.
 There is no per-item error output: a request that fails by itself gets its own error response and
 the requests batched with it their scores (`querylife.serving.execute_isolated`).
 """
@@ -14,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import triton_python_backend_utils as pb_utils
 
+from querylife.scoring import relevance
 from querylife.serving import (
     Outputs,
     concat_input,
@@ -36,19 +37,9 @@ class TritonPythonModel:
 
     def _batch(self, requests: list[Any]) -> list[Outputs]:
         sizes = request_sizes(requests, "QUERY_EMBEDDING", pb_utils)
-        with torch.inference_mode():  # QueryLifeModel.relevance: cosine, then the head's calibration
-            query = F.normalize(
-                torch.from_numpy(concat_input(requests, "QUERY_EMBEDDING", pb_utils)).to(self.device).float(),
-                dim=-1,
-            )
-            product = F.normalize(
-                torch.from_numpy(concat_input(requests, "PRODUCT_EMBEDDING", pb_utils))
-                .to(self.device)
-                .float(),
-                dim=-1,
-            )
-            sim_t = (query * product).sum(-1)
-            prob_t = self.calibration.probability(sim_t)
+        query = torch.from_numpy(concat_input(requests, "QUERY_EMBEDDING", pb_utils)).to(self.device)
+        product = torch.from_numpy(concat_input(requests, "PRODUCT_EMBEDDING", pb_utils)).to(self.device)
+        sim_t, prob_t = relevance(self.calibration, query, product)  # exactly QueryLifeModel.relevance
         sim = sim_t.cpu().numpy().reshape(-1, 1)
         prob = prob_t.cpu().numpy().reshape(-1, 1)
         labels = np.array([self.calibration.label(float(p)).encode() for p in prob[:, 0]], dtype=np.object_)
