@@ -22,6 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from harness.local_services import LocalBroker, LocalTriton, prepare_model_repository
 from reliability.faults import ALL_FAULTS, REPO, ScenarioResult, Sizes, Stack
 from reliability.hostile import HostileSizes, scenario_hostile
+from reliability.poison import POISON, PoisonSizes
 
 
 def _dlq(result: ScenarioResult) -> str:
@@ -39,16 +40,21 @@ def _dead_lettered(result: ScenarioResult) -> str:
     return f"{100.0 * letters / result.events_sent:.1f}%"
 
 
+def _seconds(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f} s"
+
+
 def figures_table(results: list[ScenarioResult]) -> str:
     lines = [
         "| scenario | events sent | lost | duplicated (identical) | DLQ'd by reason | dead-lettered "
-        "| restarts survived | result | time |",
-        "|---|---:|---:|---:|---|---:|---:|---|---:|",
+        "| restarts survived | longest stall | slowest health probe | result | time |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.name} | {r.events_sent} | {r.lost} | {r.duplicated} ({r.duplicated_identical}) | "
             f"{_dlq(r)} | {_dead_lettered(r)} | {r.restarts_survived} | "
+            f"{_seconds(r.longest_stall_s, 1)} | {_seconds(r.probe_max_s, 3)} | "
             f"{'PASS' if r.passed else 'FAIL'} | {r.seconds:.0f} s |"
         )
     return "\n".join(lines)
@@ -116,7 +122,7 @@ def write_reports(results: list[ScenarioResult], mode: str, seconds: float, out_
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the small CI sizes (the tests use these)")
-    names = [*ALL_FAULTS, "hostile"]
+    names = [*ALL_FAULTS, "hostile", *POISON]
     parser.add_argument("--only", nargs="+", choices=names, default=names, help="run only these scenarios")
     parser.add_argument("--out", type=Path, default=REPO / "reports", help="where the reports go")
     parser.add_argument("--no-report", action="store_true", help="print the table only")
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = Sizes.quick() if args.quick else Sizes.full()
     hostile_sizes = HostileSizes.quick() if args.quick else HostileSizes.full()
+    poison_sizes = PoisonSizes.quick() if args.quick else PoisonSizes.full()
     started = time.monotonic()
     log_dir = Path(tempfile.mkdtemp(prefix="querylife-reliability-"))
     print(f"logs: {log_dir}", file=sys.stderr)
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         name: functools.partial(fn, stack, sizes) for name, fn in ALL_FAULTS.items()
     }
     runners["hostile"] = lambda: scenario_hostile(stack, hostile_sizes)
+    runners |= {name: functools.partial(fn, stack, poison_sizes) for name, fn in POISON.items()}
     try:
         for name in args.only:
             print(f"== {name}", file=sys.stderr, flush=True)

@@ -40,6 +40,7 @@ from harness.local_services import (
 )
 from querylife.catalogue import catalogue_dir
 from querylife.checkpoint import DEFAULT_DIR, META_FILE
+from reliability.monitor import Monitor, judge
 from schemas import (
     ABMetricsV2,
     DeadLetter,
@@ -81,6 +82,8 @@ class ScenarioResult:
     dlq_by_reason: dict[str, int] = field(default_factory=dict)
     reported: int = 0  # dead-lettered query logs whose `unknown_product` scores were also written
     restarts_survived: int = 0
+    longest_stall_s: float | None = None  # reliability.monitor: no input partition waited longer
+    probe_max_s: float | None = None  # ... and no health probe took longer
     passed: bool = False
     seconds: float = 0.0
     checks: dict[str, Any] = field(default_factory=dict)
@@ -569,8 +572,10 @@ def verdict(
 
 @contextlib.contextmanager
 def timed(result: ScenarioResult, workers: Callable[[], list[WorkerProcess]]) -> Iterator[None]:
-    """Time the scenario; on failure keep the message and the tail of the workers' logs."""
+    """Time the scenario and monitor it (`reliability.monitor`: longest stall, health probe latency,
+    both limits of a PASS); on failure keep the message and the tail of the workers' logs."""
     started = time.monotonic()
+    monitor = Monitor(workers).__enter__()
     try:
         yield
     except Exception as exc:  # a failed scenario is a FAIL row, not the end of the run
@@ -579,10 +584,12 @@ def timed(result: ScenarioResult, workers: Callable[[], list[WorkerProcess]]) ->
         for w in workers():
             result.notes.append(f"log {w.log_path}: ...{w.log()[-600:]}")
     finally:
+        monitor.__exit__()
         for w in workers():
             with contextlib.suppress(Exception):
                 w.stop()
         result.seconds = round(time.monotonic() - started, 1)
+        judge(result, monitor.figures)
 
 
 # --------------------------------------------------------------------------- scenarios
