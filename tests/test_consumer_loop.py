@@ -11,9 +11,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import cast
 
+from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
+from prometheus_client import REGISTRY
 
 from harness.local_services import LocalBroker
 from tests.conftest import make_settings, wait_until
@@ -21,8 +24,9 @@ from worker.backoff import Backoff
 from worker.config import Settings
 from worker.consumer_loop import ConsumerLoop
 from worker.kafka_io import create_topics, make_consumer, make_producer
-from worker.observability import Liveness
+from worker.observability import CONSUMER_LAG, Liveness
 from worker.outputs import Output
+from worker.pausing import PartitionPauser
 from worker.triton_client import TritonUnavailable
 
 
@@ -167,3 +171,37 @@ def test_backoff_doubles_up_to_its_cap_jitters_and_resets() -> None:
     jittered = Backoff(1.0, cap=1.0, jitter=0.2)
     assert all(0.8 <= jittered.next() <= 1.2 for _ in range(100))
     assert Backoff(5.0, cap=2.0).next() == 2.0  # a first delay above the cap is capped
+
+
+class _Owner:
+    """A partition owner that only records what it gave away."""
+
+    path = "test"
+
+    def __init__(self) -> None:
+        self.revoked: set[TopicPartition] = set()
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        pass
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        self.revoked |= partitions
+
+
+def _lag(topic: str, partition: int) -> float | None:
+    labels = {"topic": topic, "partition": str(partition)}
+    return REGISTRY.get_sample_value("querylife_consumer_lag", labels)
+
+
+def test_a_revoked_partition_leaves_the_lag_gauge() -> None:
+    topic = "lag-gauge-test"
+    for partition, lag in ((0, 7), (1, 3)):
+        CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+    owner = _Owner()
+    # the revoke callback touches no consumer call: the partitions are only forgotten
+    pauser = PartitionPauser(cast(KafkaConsumer, None), owner, Liveness(), Backoff(0.1, cap=1.0))
+    gone = {TopicPartition(topic, 0), TopicPartition(topic, 5)}  # 5 never had a lag reported
+    pauser.on_partitions_revoked(gone)
+    assert owner.revoked == gone and pauser.revoked == gone
+    assert _lag(topic, 0) is None  # no stale value beside the new owner's
+    assert _lag(topic, 1) == 3.0  # still ours

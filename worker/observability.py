@@ -4,6 +4,7 @@ metrics port."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import logging
 import sys
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
 import structlog
+from kafka.structs import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 EVENTS_IN = Counter("querylife_events_in_total", "Records consumed", ["topic"])
@@ -78,6 +80,14 @@ MODEL_INFO = Gauge(
 SHADOW_QUERY_LOGS = Counter(
     "querylife_shadow_query_logs_total", "Sampled query logs scored by a rollout's candidate too", ["outcome"]
 )
+
+
+def forget_lag(partitions: Iterable[TopicPartition]) -> None:
+    """Drop the lag of partitions given away: their last value would stay exported beside the new
+    owner's, and a dashboard summing the lag over workers would count the backlog twice."""
+    for tp in partitions:
+        with contextlib.suppress(KeyError):  # never reported (revoked before the first batch)
+            CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from worker.backoff import Backoff
-from worker.observability import Liveness
+from worker.observability import Liveness, forget_lag
 
 log = structlog.get_logger()
 
@@ -64,6 +64,7 @@ class PartitionPauser(ConsumerRebalanceListener):
         self.revoked |= parts
         self.deferred -= parts
         self.owner.on_revoked(parts)
+        forget_lag(parts)
         log.info("partitions_revoked", path=self.owner.path, partitions=_names(parts))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
