@@ -427,6 +427,7 @@ def cmd_evaluate_v2(a: argparse.Namespace) -> int:
         served=DEFAULT_DIR,
         n_boot=a.n_boot,
         large=a.large_data,
+        large_seeds=None if a.large_seeds is None else tuple(range(a.large_seeds)),
     )
     evaluate_v2(prep, opts)
     print((a.reports / "model_eval_v2.md").read_text())
@@ -450,6 +451,7 @@ def _evaluate_v2_args(ap: argparse.ArgumentParser) -> None:
         help="also train baseline_mean and ablate_no_genfilt on this larger catalogue (a superset, e.g. "
         "../shared/data/fashion-products-large) and score them on the same test queries",
     )
+    ap.add_argument("--large-seeds", type=int, default=None, help="seeds on --large-data (default: --seeds)")
 
 
 def _command_line(a: argparse.Namespace) -> str:

@@ -280,6 +280,7 @@ class V2Options:
     sheet_queries: int = 6
     large: Path | None = None  # a larger training catalogue (a superset), evaluated on the same sets
     large_variants: tuple[str, ...] = ("baseline_mean", "ablate_no_genfilt")
+    large_seeds: tuple[int, ...] | None = None  # default: the same seeds
 
 
 def train_large(prep: Prepared, opts: V2Options) -> dict[str, list[Path]]:
@@ -293,7 +294,8 @@ def train_large(prep: Prepared, opts: V2Options) -> dict[str, list[Path]]:
     seen = test_ids & {p["product_id"] for s in ("train", "val") for p in big.splits[s].products}
     if seen:
         raise ValueError(f"{len(seen)} test products are in the large catalogue's train/val splits")
-    runs = train_seeds(big, opts.large_variants, opts.seeds, opts.runs_dir, opts.judge, tag=LARGE_TAG)
+    seeds = opts.seeds if opts.large_seeds is None else opts.large_seeds
+    runs = train_seeds(big, opts.large_variants, seeds, opts.runs_dir, opts.judge, tag=LARGE_TAG)
     n = len(big.splits["train"].products)
     return {f"{name} (trained on {n:,} products)": paths for name, paths in runs.items()}
 
