@@ -16,6 +16,7 @@ bench: install
 	.venv/bin/python -m benchmarks.end_to_end $(ARGS)
 	.venv/bin/python -m benchmarks.state_scale --sizes $(SCALE_SIZES)
 	.venv/bin/python -m benchmarks.backfill_rate --products 1500
+	.venv/bin/python -m benchmarks.ranker_latency
 
 reliability: install
 	.venv/bin/python -m reliability $(ARGS)

@@ -58,6 +58,14 @@ create "${QL_TOPIC_DEAD_LETTER:-querylife.dead-letter}" \
   --config cleanup.policy=delete --config "retention.ms=${DLQ_RETENTION_MS}"
 # Shadow comparisons during a rollout: read by `qlworker rollout report`, then no longer needed.
 create "${QL_TOPIC_SHADOW_SCORES:-querylife.shadow-scores}" "${delete_policy[@]}"
+# The ranker's ways in (docs/contracts.md): one record per query log (7 days), the relevance table
+# (latest per version, query and product; a pair not scored again in 30 days expires), and
+# candidate scoring on request (a request or reply older than an hour has no reader left).
+create "${QL_TOPIC_QUERY_SCORES:-querylife.query-scores}" "${delete_policy[@]}"
+create "${QL_TOPIC_RELEVANCE_TABLE:-querylife.relevance-table}" \
+  --config "cleanup.policy=compact,delete" --config "retention.ms=2592000000"
+create "${QL_TOPIC_SCORE_REQUESTS:-querylife.score-requests}" --config cleanup.policy=delete --config retention.ms=3600000
+create "${QL_TOPIC_SCORE_REPLIES:-querylife.score-replies}" --config cleanup.policy=delete --config retention.ms=3600000
 
 echo "topic-init: done"
 "$KAFKA_TOPICS" "${common[@]}" --list

@@ -34,6 +34,7 @@ from harness.local_services import (
     free_port,
     prepare_model_repository,
 )
+from harness.reference_ranker import ReferenceRanker
 from querylife.catalogue import FLAG_HELP, resolve_catalogue
 from schemas import EventError, RelevanceScore, decode_event, encode
 from worker.ab_report import ReportError, ReportRequest, read_unit_records, render
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             producer.send(settings.topics.product_upserts, key=event.product_id.encode(), value=encode(event))
         producer.flush()
 
-        for path in ("product", "query"):
+        for path in ("product", "query", "request"):
             port = free_port()
             proc = ManagedProcess(
                 f"worker-{path}",
@@ -196,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
         )
         sample: list[tuple[str, str]] = []
         sent = 0
+        ranker = ReferenceRanker(settings, version, name="demo-ranker")  # variant B's ranker
         for event, _ in tqdm(
-            query_log_events(catalogue, args.queries, experiment_id=DEMO_EXPERIMENT_ID),
+            query_log_events(catalogue, args.queries, experiment_id=DEMO_EXPERIMENT_ID, rerank=ranker.rerank),
             total=args.queries,
             desc="replay query logs",
             unit="ev",
@@ -208,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
             sent += 1
         producer.flush()
         producer.close()
+        ranker.close()
         impressions = 0
         for _, value in read_topic(settings, settings.topics.query_logs, idle_s=0.5):
             impressions += len(orjson.loads(value or b"{}").get("impressions", []))
@@ -238,13 +241,18 @@ def run(args: argparse.Namespace) -> int:
             "Sample queries, top-5 shown products by relevance score:",
             *_summary(settings, by_id, sample),
             "",
-            "A/B test (A: overlap ranking; B: A's top 6 + 4 off-query products; simulated shoppers):",
+            "A/B test (A: overlap ranking's top 10; B: the reference ranker (harness/reference_ranker.py)",
+            "re-ranks A's top 20 by calibrated relevance, shows 10; simulated shoppers click by true grade):",
+            f"reference ranker: {ranker.from_table} scores from the relevance table, {ranker.asked} asked "
+            "for on request",
             "variants by a hash of the user; intervals by user, delta method (docs/ab_analysis.md):",
             ab,
             "",
             "Outputs (topics on the demo broker, gone when it stops; copies under "
             f"{args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}):",
-            f"  scores for the ranker:  {settings.topics.relevance_scores}",
+            f"  scores per search:      {settings.topics.query_scores}",
+            f"  relevance table:        {settings.topics.relevance_table} (compacted)",
+            f"  requests / replies:     {settings.topics.score_requests} / {settings.topics.score_replies}",
             f"  embeddings state:       {settings.topics.embeddings_for(version)} (compacted)",
             f"  A/B totals per user:    {settings.topics.ab_units}",
             f"  dead letters:           {settings.topics.dead_letter}",

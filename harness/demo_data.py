@@ -18,7 +18,7 @@ import math
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -130,9 +130,15 @@ def query_log_events(
     start: datetime | None = None,
     impressions_per_query: int = 10,
     experiment_id: str | None = None,
+    rerank: Callable[[str, list[str], int], list[str]] | None = None,
 ) -> Iterator[tuple[QueryLog, dict[str, int]]]:
     """`count` query logs of 500 simulated users, each user in the arm its hash assigns, each log with
-    the true grades of what it showed; `experiment_id` names the declared experiment (or none)."""
+    the true grades of what it showed; `experiment_id` names the declared experiment (or none).
+
+    Variant A shows the overlap ranking's top results. Variant B, with `rerank` (a ranker using the
+    relevance contract, e.g. `harness.reference_ranker.ReferenceRanker.rerank`), shows A's top
+    2 x `impressions_per_query` re-ranked by it; without, A's top 6 and 4 off-query products (a
+    deliberately worse arm)."""
     rng = random.Random(seed)
     queries = generate_queries(products, seed=seed, per_product=1)
     rng.shuffle(queries)
@@ -145,7 +151,11 @@ def query_log_events(
         shown = ranker.rank(query.text, impressions_per_query, rng)
         if not shown:
             continue
-        if variant == "B":
+        if variant == "B" and rerank is not None:
+            pool = ranker.rank(query.text, 2 * impressions_per_query, rng)
+            by_id = {str(products[i]["product_id"]): i for i in pool}
+            shown = [by_id[pid] for pid in rerank(query.text, list(by_id), impressions_per_query)]
+        elif variant == "B":
             shown = shown[:6] + [rng.randrange(len(products)) for _ in range(impressions_per_query - 6)]
             shown = list(dict.fromkeys(shown))  # a product is shown once
             rng.shuffle(shown)

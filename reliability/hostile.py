@@ -34,6 +34,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from reliability.faults import (
+    SERVED_VERSION,
     ScenarioResult,
     Stack,
     WorkerProcess,
@@ -664,7 +665,8 @@ def scenario_hostile(stack: Stack, sizes: HostileSizes, valid_every: int = 20) -
         result.events_sent = len(cases)
         healthy: list[int | None] = [w.healthz()]
         groups = [(settings.worker.query_group, settings.topics.query_logs)]
-        groups.append((settings.worker.product_group, settings.topics.product_upserts))
+        version = settings.worker.model_version or SERVED_VERSION
+        groups.append((settings.worker.product_group_of(version), settings.topics.product_upserts))
 
         def drained() -> bool:
             healthy.append(w.healthz())

@@ -18,15 +18,17 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client import REGISTRY
 
 from harness.demo_data import load_catalogue, product_event
-from harness.local_services import LocalBroker, LocalTriton
+from harness.local_services import LocalBroker, LocalTriton, prepare_model_repository
 from schemas import (
     Impression,
     ProductEmbeddingV2,
@@ -169,9 +171,21 @@ def expand(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{?(\w+)\}?", lambda m: env[m.group(1)], text)
 
 
+@pytest.fixture(scope="module")
+def own_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalTriton, Path]]:
+    """A Triton of its own: loading a version reloads the python models, so a request some other
+    test left in flight on the session's server must not hold this test's load (and the session's
+    server never serves the candidate)."""
+    repository = prepare_model_repository(tmp_path_factory.mktemp("rollout") / "model_repository")
+    server = LocalTriton(repository, log_dir=tmp_path_factory.mktemp("rollout-logs")).start()
+    yield server, repository
+    server.stop()
+
+
 def test_rollout_and_rollback_from_the_runbook(
-    broker: LocalBroker, triton: LocalTriton, model_repository: Path, data_dir: Path, tmp_path: Path
+    broker: LocalBroker, own_triton: tuple[LocalTriton, Path], data_dir: Path, tmp_path: Path
 ) -> None:
+    triton, model_repository = own_triton
     assert NEW_VERSION != SERVED_VERSION
     settings = make_settings(broker, triton, image_root=data_dir / "images", unknown_product_wait_s=1.0)
     create_topics(settings)
@@ -251,9 +265,6 @@ def test_rollout_and_rollback_from_the_runbook(
     finally:
         producer.close()
         rollout.stop()
-        with RelevanceClient(settings.triton, SERVED_VERSION) as client:
-            if NEW_VERSION in client.served_versions():
-                client.unload_version(NEW_VERSION)  # leave the session's Triton as the other tests expect
 
 
 def check_output(line: str, stdout: str) -> None:

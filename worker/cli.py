@@ -21,7 +21,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from worker.runner import Path_, run_worker  # imports the Triton client only when running
 
     settings = Settings()
-    paths = ["product", "query"] if args.path == "both" else [args.path]
+    groups = {"both": ["product", "query"], "all": ["product", "query", "request"]}
+    paths = groups.get(args.path, [args.path])
     return run_worker(settings, cast(list[Path_], paths), log_level=args.log_level)
 
 
@@ -64,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         subs[name].set_defaults(func=func)
     subs["run"].add_argument(
         "--path",
-        choices=["product", "query", "both"],
+        choices=["product", "query", "request", "both", "all"],
         default="both",
-        help="which consumer group(s) this process joins: product embeddings, query scoring, or both",
+        help="which consumer group(s) this process joins: product embeddings, query scoring, score requests; "
+        "both = product + query, all = the three (each query or request path holds its own embedding state)",
     )
     subs["tail"].add_argument("topic", help="topic name, e.g. querylife.dead-letter")
     subs["tail"].add_argument("--max", type=int, default=20, help="print at most this many last records")

@@ -124,6 +124,12 @@ class TopicSettings(BaseSettings):
     ab_units: str = "querylife.ab-units"
     dead_letter: str = "querylife.dead-letter"
     shadow_scores: str = "querylife.shadow-scores"
+    # the ranker's three ways in (docs/contracts.md): one record per query log, the relevance table,
+    # and candidate scoring on request
+    query_scores: str = "querylife.query-scores"
+    relevance_table: str = "querylife.relevance-table"
+    score_requests: str = "querylife.score-requests"
+    score_replies: str = "querylife.score-replies"
     partitions: int = 3
     replication_factor: int = 1
 
@@ -136,6 +142,10 @@ class TopicSettings(BaseSettings):
         "ab_units",
         "dead_letter",
         "shadow_scores",
+        "query_scores",
+        "relevance_table",
+        "score_requests",
+        "score_replies",
     )
 
     @classmethod
@@ -210,6 +220,16 @@ class WorkerSettings(BaseSettings):
     shadow_model_version: ModelVersion | None = None
     shadow_sample: float = Field(default=0.1, ge=0.0, le=1.0)
     product_group: str = "querylife-product-worker"
+    request_group: str = "querylife-request-worker"
+    # Head queries' top-K over the whole catalogue into the relevance table (worker/head_queries.py):
+    # how many head queries (0: off), how many products each, how often at most, and how fast the
+    # volume that ranks queries forgets
+    topk_queries: int = Field(default=50, ge=0, le=1000)
+    topk: int = Field(default=20, ge=1, le=200)
+    topk_refresh_s: float = Field(default=30.0, ge=0)
+    topk_half_life_s: float = Field(default=600.0, gt=0)
+    # the request path's poll wait: a ranker waits for the answer, so latency beats batching
+    request_batch_max_wait_ms: int = Field(default=5, ge=0)
     query_group: str = "querylife-query-worker"
     batch_max_events: int = 64
     batch_max_wait_ms: int = 50
@@ -240,6 +260,10 @@ class WorkerSettings(BaseSettings):
     state_snapshot_interval_s: float = Field(default=300.0, ge=1)
     state_stall_s: float = Field(default=60.0, gt=0)
     name: str = Field(default="worker", max_length=64)
+
+    def product_group_of(self, version: str) -> str:
+        """The product workers' consumer group of one model version (each version sees every upsert)."""
+        return f"{self.product_group}.{version}"
 
 
 class Settings(BaseSettings):

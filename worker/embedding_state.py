@@ -71,6 +71,7 @@ class EmbeddingState:
         self.reader = TopicReader(settings.kafka, settings.topics.embeddings_for(version))
         self.positions: dict[int, int] = {}  # next offset to apply, per partition
         self.invalid = 0
+        self.changes = 0  # records applied so far: whether the catalogue moved since a point in time
         self.restored = False  # whether the last load started from a snapshot
         self._snapshot_at = time.monotonic()
 
@@ -156,6 +157,7 @@ class EmbeddingState:
     # ------------------------------------------------------------------ applying one record
     def _apply(self, rec: ConsumerRecord) -> None:
         self.positions[rec.partition] = rec.offset + 1
+        self.changes += 1
         key = rec.key.decode("utf-8", "replace") if rec.key else None
         if key is None:
             self._reject(None, "missing_key")

@@ -55,6 +55,7 @@ def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) 
 
 
 AB_UNITS_RETENTION_MS = 90 * 24 * 3600 * 1000
+RELEVANCE_TABLE_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
 def topic_specs(topics: TopicSettings, model_versions: Iterable[str] = ()) -> list[NewTopic]:
@@ -72,6 +73,15 @@ def topic_specs(topics: TopicSettings, model_versions: Iterable[str] = ()) -> li
         topics.ab_units: {"cleanup.policy": "compact,delete", "retention.ms": str(AB_UNITS_RETENTION_MS)},
         topics.dead_letter: {"retention.ms": str(30 * 24 * 3600 * 1000)},
         topics.shadow_scores: keep_week,
+        topics.query_scores: keep_week,
+        # latest score per (version, query, product); a pair not scored again in 30 days expires
+        topics.relevance_table: {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(RELEVANCE_TABLE_RETENTION_MS),
+        },
+        # a request or a reply older than an hour has no reader left
+        topics.score_requests: {"retention.ms": str(3600 * 1000)},
+        topics.score_replies: {"retention.ms": str(3600 * 1000)},
     }
     return [
         NewTopic(

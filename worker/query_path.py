@@ -21,14 +21,17 @@ from schemas import (
     decode_event,
     encode,
 )
+from schemas.ranker import ImpressionScore, QueryScores, normalise_query
 from worker.ab_metrics import UnitAggregator
 from worker.config import Settings
 from worker.embedding_state import EmbeddingState
 from worker.experiments import load_experiments
+from worker.head_queries import HeadQueries
 from worker.inputs import decode_input
 from worker.isolation import Isolator, Poison
 from worker.observability import TRITON_LATENCY, UNKNOWN_PRODUCTS
 from worker.outputs import Output, dead_letter
+from worker.relevance_table import table_entries
 from worker.shadow import ShadowScorer
 from worker.state_reader import TopicReader
 from worker.triton_client import PairScore, RelevanceClient
@@ -56,6 +59,7 @@ class QueryProcessor:
         self.model_version = client.model_version()
         if state.version != self.model_version:
             raise ValueError(f"state of {state.version} given to a query path of {self.model_version}")
+        self.head = HeadQueries(settings.worker, client, state)
         worker = settings.worker
         self.ab = UnitAggregator(
             worker.ab_window_s, worker.event_time_grace_s, load_experiments(worker.experiments_file)
@@ -83,12 +87,15 @@ class QueryProcessor:
                 )
                 continue
             outputs.extend(self._score_outputs(ev, result, unknown, now))
+            outputs.extend(self._ranker_outputs(ev, result, unknown, now))
             missing = [imp for imp in ev.impressions if imp.product_id in unknown]
             if missing:
                 outputs.append(self._unknown_product_letter(rec, ev, missing))
             counted.append((rec, ev, {pid: r.score for pid, r in result.items()}))
             scored.append((ev, result))
         outputs.extend(self._ab_outputs(counted))
+        self.head.observe([ev.query for _, ev in events])
+        outputs.extend(self.head.refresh(self.settings.topics.relevance_table, now))
         if self.shadow is not None:
             outputs.extend(self.shadow.compare(scored))
         return outputs
@@ -174,6 +181,44 @@ class QueryProcessor:
             out.append(Output(self.settings.topics.relevance_scores, score.key(), encode(score)))
         return out
 
+    def _ranker_outputs(
+        self, ev: QueryLog, scores: dict[str, PairScore], unknown: set[str], now: datetime
+    ) -> list[Output]:
+        """The search as one `QueryScores` record, and its scored pairs into the relevance table."""
+        topics = self.settings.topics
+        impressions = [
+            ImpressionScore.model_validate(
+                {
+                    "product_id": imp.product_id,
+                    "position": imp.position,
+                    "clicked": imp.clicked,
+                    "ordered": imp.ordered,
+                    **_score_fields(scores.get(imp.product_id)),
+                }
+            )
+            for imp in ev.impressions
+            if imp.product_id in scores or imp.product_id in unknown
+        ]
+        if not impressions:
+            return []
+        record = QueryScores(
+            query_id=ev.query_id,
+            event_id=ev.event_id,
+            event_time=ev.event_time,
+            query=ev.query,
+            normalised_query=normalise_query(ev.query),
+            experiment_id=ev.experiment_id,
+            variant=ev.variant,
+            user_id=ev.user_id,
+            session_id=ev.session_id,
+            query_model_version=self.model_version,
+            embedding_model_version=self.state.version,
+            impressions=impressions,
+            scored_at=now,
+        )
+        table = table_entries(topics.relevance_table, self.model_version, ev.query, scores, "impression", now)
+        return [Output(topics.query_scores, record.key(), encode(record)), *table]
+
     def _ab_outputs(self, counted: list[tuple[ConsumerRecord, QueryLog, dict[str, float]]]) -> list[Output]:
         """Add the events to their units' A/B windows: the updated totals, and beside its scores a
         letter for each event not counted (late, undeclared experiment, no unit id)."""
@@ -234,3 +279,10 @@ class QueryProcessor:
         self.state.maybe_snapshot()
         if self.shadow is not None:
             self.shadow.state.follow(timeout_ms=0)
+
+
+def _score_fields(score: PairScore | None) -> dict[str, object]:
+    """A `ProductScore`'s fields for a pair scored, or for a product without an embedding."""
+    if score is None:
+        return {"status": "unknown_product"}
+    return {"score": min(1.0, max(0.0, score.score)), "similarity": score.similarity, "label": score.label}

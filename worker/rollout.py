@@ -38,11 +38,12 @@ from tqdm import tqdm
 from schemas import EventError, decode_event, decode_product_embedding
 from schemas.lifecycle import ShadowScores
 from worker.config import Settings
+from worker.dependency import DependencyUnavailable
 from worker.kafka_io import make_consumer, make_producer, require_topics
 from worker.outputs import Output
 from worker.product_path import ProductProcessor
 from worker.state_reader import TopicReader
-from worker.triton_client import RelevanceClient
+from worker.triton_client import RelevanceClient, TritonRequestError
 
 DEFAULT_MIN_COVERAGE = 0.999
 BACKFILL_BATCH = 64
@@ -137,7 +138,7 @@ def _export_records(path: Path, skip: set[str], result: BackfillResult) -> Itera
 
 def backfill(settings: Settings, version: str, export: Path, progress: bool = True) -> BackfillResult:
     """Embed every product of the export with `version` into its topic (see the module docstring)."""
-    topics, group = settings.topics, f"{settings.worker.product_group}.{version}"
+    topics, group = settings.topics, settings.worker.product_group_of(version)
     topic = topics.embeddings_for(version)
     require_topics(settings.kafka, [topic, topics.dead_letter, topics.product_upserts])
     if group_lag(settings, group, topics.product_upserts) is not None:
@@ -205,7 +206,7 @@ class Coverage:
 
 def coverage(settings: Settings, serving: str, candidate: str, min_coverage: float) -> Coverage:
     ours, theirs = set(product_types(settings, serving)), set(product_types(settings, candidate))
-    lag = group_lag(settings, f"{settings.worker.product_group}.{candidate}", settings.topics.product_upserts)
+    lag = group_lag(settings, settings.worker.product_group_of(candidate), settings.topics.product_upserts)
     return Coverage(serving, candidate, len(ours), len(theirs), len(ours & theirs), lag, min_coverage)
 
 
@@ -336,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.step == "load":
             client = RelevanceClient(settings.triton, args.model_version)
-            client.load_version(args.model_version)
+            client.load_version(args.model_version, args.timeout_s)
             client.wait_ready(args.timeout_s)
             print(orjson.dumps(client.model_info()).decode())
             return 0
@@ -359,3 +360,6 @@ def run(args: argparse.Namespace) -> int:
     except RolloutError as exc:
         print(f"rollout {args.step} refused: {exc}", file=sys.stderr)
         return 2
+    except (DependencyUnavailable, TritonRequestError) as exc:
+        print(f"rollout {args.step} failed: {exc}", file=sys.stderr)
+        return 1

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
@@ -26,12 +26,13 @@ from worker.kafka_io import TopicsMissing, make_consumer, make_producer, require
 from worker.observability import MODEL_INFO, Liveness, configure_logging
 from worker.product_path import ProductProcessor
 from worker.query_path import QueryProcessor
+from worker.request_path import RequestProcessor
 from worker.shadow import ShadowScorer
 from worker.triton_client import RelevanceClient, TritonUnavailable
 
 log = structlog.get_logger()
 T = TypeVar("T")
-Path_ = Literal["product", "query"]
+Path_ = Literal["product", "query", "request"]
 
 
 def retry_until(
@@ -97,8 +98,15 @@ def _needed_topics(path: Path_, settings: Settings, version: str) -> tuple[str, 
     topics, worker = settings.topics, settings.worker
     needed = {topics.embeddings_for(version), topics.dead_letter}
     if path == "product":  # a group per version: during a rollout each version sees every upsert
-        return f"{worker.product_group}.{version}", topics.product_upserts, {topics.product_upserts, *needed}
-    needed |= {topics.query_logs, topics.relevance_scores, topics.ab_units}
+        return worker.product_group_of(version), topics.product_upserts, {topics.product_upserts, *needed}
+    needed.add(topics.relevance_table)
+    if path == "request":
+        return (
+            worker.request_group,
+            topics.score_requests,
+            {topics.score_requests, topics.score_replies, *needed},
+        )
+    needed |= {topics.query_logs, topics.relevance_scores, topics.ab_units, topics.query_scores}
     if worker.shadow_model_version:
         needed |= {topics.shadow_scores, topics.embeddings_for(worker.shadow_model_version)}
     return worker.query_group, topics.query_logs, needed
@@ -122,23 +130,41 @@ def build_loop(
     # Topics are never auto-created (compose disables it): a path waits until topic-init made all it uses.
     if retry("topics", lambda: require_topics(settings.kafka, needed)) is None:
         return None
-    processor: ProductProcessor | QueryProcessor
-    if path == "product":
-        processor = ProductProcessor(settings, client)
-    else:
-        state = retry("embedding state", lambda: _loaded_state(settings, client, liveness))
-        if state is None:
-            return None
-        shadow = None
-        if settings.worker.shadow_model_version:
-            shadow = retry("shadow version", lambda: _shadow_scorer(settings, client, liveness))
-            if shadow is None:
-                return None
-        processor = QueryProcessor(settings, client, state, shadow)
+    processor = _processor(path, settings, client, liveness, retry)
+    if processor is None:
+        return None
     consumer = retry(f"kafka consumer ({group})", lambda: make_consumer(settings.kafka, group))
     if consumer is None:
         return None
+    if path == "request":  # a ranker is waiting: poll with a short wait rather than fill batches
+        worker = settings.worker.model_copy(
+            update={"batch_max_wait_ms": settings.worker.request_batch_max_wait_ms}
+        )
+        settings = settings.model_copy(update={"worker": worker})
     return ConsumerLoop(settings, topic, group, processor, consumer, producer, liveness)
+
+
+def _processor(
+    path: Path_,
+    settings: Settings,
+    client: RelevanceClient,
+    liveness: Liveness,
+    retry: Callable[[str, Callable[[], Any]], Any],
+) -> ProductProcessor | QueryProcessor | RequestProcessor | None:
+    """The path's processor, with the embedding state (and a shadow version) it needs; None if stopped."""
+    if path == "product":
+        return ProductProcessor(settings, client)
+    state = retry("embedding state", lambda: _loaded_state(settings, client, liveness))
+    if state is None:
+        return None
+    if path == "request":
+        return RequestProcessor(settings, client, state)
+    shadow = None
+    if settings.worker.shadow_model_version:
+        shadow = retry("shadow version", lambda: _shadow_scorer(settings, client, liveness))
+        if shadow is None:
+            return None
+    return QueryProcessor(settings, client, state, shadow)
 
 
 def _shadow_scorer(settings: Settings, serving: RelevanceClient, liveness: Liveness) -> ShadowScorer:

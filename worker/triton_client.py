@@ -137,6 +137,7 @@ class RelevanceClient:
             raise ValueError("max_batch must be >= 1")
         self.settings = settings
         self.version = model_version  # None: the only version Triton serves (`resolve_version`)
+        self._info: dict[str, str] | None = None  # `model_info`, read once: a version never changes
         self.max_attempts = max(1, max_attempts)
         self._sleep = sleep
         self.protocol = settings.protocol
@@ -227,22 +228,28 @@ class RelevanceClient:
 
     def model_info(self) -> dict[str, str]:
         """What is served for this version: its Query-LIFE version and the Triton version directory."""
-        params = self._call(lambda: self._config(self.query_model), what="model config").get("parameters", {})
-        return {
-            "model_version": self.resolve_version(),
-            "triton_version": str(params.get(TRITON_VERSION_PARAMETER, {}).get("string_value", "")),
-        }
+        if self._info is None:
+            config = self._call(lambda: self._config(self.query_model), what="model config")
+            params = config.get("parameters", {})
+            self._info = {
+                "model_version": self.resolve_version(),
+                "triton_version": str(params.get(TRITON_VERSION_PARAMETER, {}).get("string_value", "")),
+            }
+        return self._info
 
     def for_version(self, version: str) -> RelevanceClient:
         """A client of another version on its own connection (a rollout's candidate, scored in shadow)."""
         return RelevanceClient(self.settings, version, self.max_attempts, self._sleep)
 
-    def load_version(self, version: str) -> None:
+    def load_version(self, version: str, timeout_s: float = 600.0) -> None:
         """Load (or reload) the python models, so Triton sees a new version directory, then the
-        version's ensembles. Needs `--model-control-mode=explicit`; versions already served keep
-        serving (version_policy all)."""
+        version's ensembles. Needs `--model-control-mode=explicit`. Triton reloads every version
+        directory of a python model it reloads: the served version's new instances start beside the
+        old ones, which leave once their in-flight requests are done, so serving goes on; each load
+        is bounded by `timeout_s` (gRPC), since a request that never finishes would hold it."""
+        kw = self._timeout_kw(timeout_s)
         for model in (*PYTHON_MODELS, *self.ensembles(version)):
-            self._call(lambda model=model: self._client.load_model(model), what=f"load {model}")  # type: ignore[misc]
+            self._call(lambda model=model: self._client.load_model(model, **kw), what=f"load {model}")  # type: ignore[misc]
 
     def unload_version(self, version: str) -> None:
         """Unload one version's ensembles (its version directories go with `querylife export --retire`)."""
@@ -332,6 +339,15 @@ class RelevanceClient:
                 scores.append(PairScore(float(sim), float(score), _decode(label)))
         return scores
 
+    def query_embeddings(self, queries: list[str]) -> np.ndarray:
+        """This version's query embeddings [n, D]: its own `text_encoder` version directory, by number
+        (never "the latest"), as `query_relevance.<version>` would compute them."""
+        directory = self.model_info()["triton_version"]
+        if not directory:
+            raise TritonRequestError(f"{self.query_model} does not name its Triton version directory")
+        out = self._infer("text_encoder", {"TEXT": _bytes_column(queries)}, ["EMBEDDING"], directory)
+        return np.asarray(out["EMBEDDING"], dtype=np.float32)
+
     def with_timeout(self, timeout_s: float) -> RelevanceClient:
         """This client (same connection) with another per-call deadline: short tries while isolating.
 
@@ -357,7 +373,9 @@ class RelevanceClient:
         t = self.settings.timeout_s if timeout_s is None else timeout_s
         return {"client_timeout": t} if self.protocol == "grpc" else {}
 
-    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def _infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], model_version: str = ""
+    ) -> dict[str, np.ndarray]:
         mod = self._mod
         tensors = []
         for name, arr in inputs.items():
@@ -376,7 +394,9 @@ class RelevanceClient:
         ]
 
         def call() -> dict[str, np.ndarray]:
-            result = self._client.infer(model, tensors, outputs=requested, **self._timeout_kw())
+            result = self._client.infer(
+                model, tensors, model_version=model_version, outputs=requested, **self._timeout_kw()
+            )
             got = {n: result.as_numpy(n) for n in outputs}
             missing = [n for n, v in got.items() if v is None]
             if missing:

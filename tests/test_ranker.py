@@ -1,0 +1,252 @@
+"""The ranker's ways in, on the real broker and Triton: one `QueryScores` record per query log, the
+relevance table, and candidate scoring on request (unknown candidates answered as unknown, expired
+requests answered `expired`, a request for another version dead-lettered)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from harness.local_services import LocalBroker, LocalTriton
+from schemas import (
+    DeadLetter,
+    FusionWeights,
+    ProductEmbeddingV2,
+    QueryLog,
+    RelevanceScore,
+    decode_event,
+    encode,
+)
+from schemas.events import Impression
+from schemas.ranker import QueryScores, RelevanceEntry, ScoreReply, ScoreRequest, normalise_query, table_key
+from tests.conftest import SERVED_VERSION, RunningWorker, latest, make_settings, wait_until
+from worker.kafka_io import create_topics, make_producer, topic_specs
+from worker.triton_client import RelevanceClient
+
+TITLES = {
+    "p-shirt": ("Nike Men Black Tshirt", "Tshirts"),
+    "p-shoe": ("Puma Men Red Casual Shoes", "Casual Shoes"),
+}
+
+
+def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTriton) -> None:
+    settings = make_settings(broker, triton)
+    topics = settings.topics
+    create_topics(settings)
+    producer = make_producer(settings.kafka)
+    now = datetime.now(UTC)
+    with RelevanceClient(settings.triton, SERVED_VERSION) as client:
+        made = client.product_embeddings(
+            [t for t, _ in TITLES.values()], [k for _, k in TITLES.values()], [None] * len(TITLES)
+        )
+        vectors = {pid: r.embedding for pid, r in zip(TITLES, made, strict=True) if r.embedding is not None}
+        assert list(vectors) == list(TITLES)
+        query = "  BLACK   T-shirt for Men "
+        expected = {
+            pid: s
+            for pid, s in zip(
+                TITLES,
+                client.query_relevance([query] * len(TITLES), np.stack(list(vectors.values()))),
+                strict=True,
+            )
+        }
+    for pid, vector in vectors.items():
+        record = ProductEmbeddingV2.from_array(
+            vector,
+            product_id=pid,
+            product_type=TITLES[pid][1],
+            model_version=SERVED_VERSION,
+            fusion_weights=FusionWeights(title=1.0, image=0.0),
+            has_title=True,
+            has_image=False,
+            source_event_id=f"e-{pid}",
+            updated_at=now,
+        )
+        producer.send(topics.embeddings_for(SERVED_VERSION), key=pid.encode(), value=encode(record))
+    producer.flush(10)
+    worker = RunningWorker(settings, ["query", "request"])
+    try:
+        requests = [
+            ScoreRequest(
+                request_id="r-ok",
+                reply_key="ranker-1",
+                query=query,
+                sent_at=now,
+                timeout_ms=60_000,
+                candidates=["p-shoe", "never-embedded", "p-shirt"],
+            ),
+            ScoreRequest(
+                request_id="r-old",
+                reply_key="ranker-2",
+                query=query,
+                sent_at=now - timedelta(seconds=30),
+                timeout_ms=100,
+                candidates=["p-shirt"],
+            ),
+            ScoreRequest(
+                request_id="r-pinned",
+                reply_key="ranker-3",
+                query=query,
+                sent_at=now,
+                candidates=["p-shirt"],
+                model_version="querylife-v0-other",
+            ),
+        ]
+        for request in requests:
+            producer.send(topics.score_requests, key=request.reply_key.encode(), value=encode(request))
+        log = QueryLog(
+            event_id="ev-1",
+            event_time=now,
+            query_id="q-1",
+            query=query,
+            user_id="u1",
+            variant="A",
+            impressions=[
+                Impression(product_id="p-shirt", position=1, clicked=True),
+                Impression(product_id="p-shoe", position=2),
+                Impression(product_id="gone", position=3),
+            ],
+        )
+        producer.send(topics.query_logs, key=log.unit_key(), value=encode(log))
+        producer.flush(10)
+
+        wait_until(
+            "replies", lambda: {b"ranker-1", b"ranker-2"} <= set(latest(settings, topics.score_replies))
+        )
+        replies = {
+            k: decode_event(ScoreReply, v or b"") for k, v in latest(settings, topics.score_replies).items()
+        }
+        ok = replies[b"ranker-1"]
+        assert ok.status == "ok" and ok.model_version == SERVED_VERSION
+        assert [s.product_id for s in ok.scores] == ["p-shoe", "never-embedded", "p-shirt"]  # request order
+        assert ok.scores[1].status == "unknown_product" and ok.scores[1].score is None  # never dropped
+        for answer in (ok.scores[0], ok.scores[2]):
+            assert answer.score is not None
+            assert abs(answer.score - expected[answer.product_id].score) < 1e-5
+        assert replies[b"ranker-2"].status == "expired" and replies[b"ranker-2"].scores == []
+        assert b"ranker-3" not in replies
+
+        wait_until("the query's record", lambda: b"q-1" in latest(settings, topics.query_scores))
+        scored = decode_event(QueryScores, latest(settings, topics.query_scores)[b"q-1"] or b"")
+        assert scored.query_model_version == scored.embedding_model_version == SERVED_VERSION
+        assert scored.normalised_query == "black t-shirt for men"
+        by_id = {imp.product_id: imp for imp in scored.impressions}
+        assert by_id["gone"].status == "unknown_product" and by_id["p-shirt"].clicked
+        per_impression = latest(settings, topics.relevance_scores)
+        for pid in TITLES:
+            legacy = decode_event(RelevanceScore, per_impression[f"q-1:{pid}".encode()] or b"")
+            assert by_id[pid].score == legacy.score  # the same score in both contracts
+
+        table = latest(settings, topics.relevance_table)
+        for pid in TITLES:
+            key = table_key(SERVED_VERSION, normalise_query(query), pid)
+            entry = decode_event(RelevanceEntry, table[key] or b"")
+            assert entry.model_version == SERVED_VERSION and entry.source in {"impression", "request"}
+            assert abs(entry.score - expected[pid].score) < 1e-5
+        assert table_key(SERVED_VERSION, normalise_query(query), "never-embedded") not in table
+
+        wait_until("the pinned request's letter", lambda: len(latest(settings, topics.dead_letter)) >= 1)
+        letters = [decode_event(DeadLetter, v or b"") for v in latest(settings, topics.dead_letter).values()]
+        assert {x.reason for x in letters if x.source_topic == topics.score_requests} == {
+            "model_version_not_served"
+        }
+    finally:
+        producer.close()
+        assert worker.shutdown() == 0
+
+
+def test_ranker_topics_have_the_stated_retention() -> None:
+    from worker.config import TopicSettings
+
+    topics = TopicSettings()
+    specs = {s.name: s.topic_configs or {} for s in topic_specs(topics)}
+    assert specs[topics.relevance_table] == {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(30 * 86_400_000),
+    }
+    assert specs[topics.query_scores]["retention.ms"] == str(7 * 86_400_000)
+    assert (
+        specs[topics.score_requests]["retention.ms"]
+        == specs[topics.score_replies]["retention.ms"]
+        == "3600000"
+    )
+
+
+def test_head_query_top_k_reaches_a_product_nobody_has_shown(
+    broker: LocalBroker, triton: LocalTriton
+) -> None:
+    settings = make_settings(broker, triton, topk_queries=3, topk=4, topk_refresh_s=0.0)
+    topics = settings.topics
+    create_topics(settings)
+    catalogue = {
+        "p-shirt": ("Nike Men Black Tshirt", "Tshirts"),
+        "p-jeans": ("Flying Machine Men Blue Jeans", "Jeans"),
+        "p-kurta": ("Fabindia Women Navy Blue Kurta", "Kurtas"),
+        "p-watch": ("Titan Men Silver Analog Watch", "Watches"),
+        "p-new-shoe": ("Puma Men Red Casual Shoes", "Casual Shoes"),
+    }
+    with RelevanceClient(settings.triton, SERVED_VERSION) as client:
+        made = client.product_embeddings(
+            [t for t, _ in catalogue.values()], [k for _, k in catalogue.values()], [None] * 5
+        )
+    records = {
+        pid: encode(
+            ProductEmbeddingV2.from_array(
+                r.embedding,  # type: ignore[arg-type]
+                product_id=pid,
+                product_type=catalogue[pid][1],
+                model_version=SERVED_VERSION,
+                fusion_weights=FusionWeights(title=1.0, image=0.0),
+                has_title=True,
+                has_image=False,
+                source_event_id=f"e-{pid}",
+                updated_at=datetime.now(UTC),
+            )
+        )
+        for pid, r in zip(catalogue, made, strict=True)
+    }
+    producer = make_producer(settings.kafka)
+    embeddings = topics.embeddings_for(SERVED_VERSION)
+    for pid in ("p-shirt", "p-jeans", "p-kurta", "p-watch"):  # the new shoe is not in the catalogue yet
+        producer.send(embeddings, key=pid.encode(), value=records[pid])
+    producer.flush(10)
+
+    def search(n: int, query: str) -> None:
+        log = QueryLog(
+            event_id=f"ev-{n}",
+            event_time=datetime.now(UTC),
+            query_id=f"q-{n}",
+            query=query,
+            user_id=f"u{n}",
+            variant="A",
+            impressions=[Impression(product_id="p-shirt", position=1)],
+        )
+        producer.send(topics.query_logs, key=log.unit_key(), value=encode(log))
+        producer.flush(10)
+
+    head = "red casual shoes"
+    key = table_key(SERVED_VERSION, head, "p-new-shoe")
+    worker = RunningWorker(settings, ["query"])
+    try:
+        for n in range(3):  # the head query; none of its searches ever showed the shoe
+            search(n, "Red  Casual SHOES")
+        wait_until(
+            "the head query's top-K",
+            lambda: table_key(SERVED_VERSION, head, "p-watch") in latest(settings, topics.relevance_table),
+        )
+        assert key not in latest(settings, topics.relevance_table)
+        producer.send(embeddings, key=b"p-new-shoe", value=records["p-new-shoe"])  # upserted after
+        producer.flush(10)
+        later = iter(range(3, 10_000))
+
+        def refreshed() -> bool:  # later traffic, any query: a refresh sees the catalogue moved
+            search(next(later), "black tshirt")
+            return key in latest(settings, topics.relevance_table)
+
+        wait_until("the new product in the head query's top-K", refreshed, timeout_s=240)
+        entry = decode_event(RelevanceEntry, latest(settings, topics.relevance_table)[key] or b"")
+        assert (entry.source, entry.rank, entry.model_version) == ("top_k", 1, SERVED_VERSION)
+    finally:
+        producer.close()
+        assert worker.shutdown() == 0

@@ -1,0 +1,135 @@
+"""Request path: a ranker's candidates scored at request time (`score-requests` -> `score-replies`).
+
+The path a ranker uses before it shows anything: new products and products no ranking ever showed get
+a score too (no selection bias). One `ScoreRequest` names a query and up to 200 candidate ids; the
+answer is one `ScoreReply` keyed by the request's `reply_key`, every candidate in the request's order,
+scored by the version this worker serves or reported `unknown_product` (no embedding of this version):
+never silently dropped. A request older than its `timeout_ms` when it is reached is answered `expired`
+(the ranker has moved on; scoring it would only add load). A request pinning another version than the
+one served is dead-lettered (`model_version_not_served`): a worker never answers for a model it does not
+run. Each scored candidate also refreshes the relevance table (`source=request`).
+
+Latency over batching: the request path polls with `QL_WORKER_REQUEST_BATCH_MAX_WAIT_MS` (default 5 ms)
+and never waits for the embedding state to catch up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from schemas import EventError, encode
+from schemas.ranker import ProductScore, ScoreReply, ScoreRequest
+from worker.config import Settings
+from worker.embedding_state import EmbeddingState
+from worker.inputs import decode_input
+from worker.observability import TRITON_LATENCY
+from worker.outputs import Output, dead_letter
+from worker.relevance_table import table_entries
+from worker.triton_client import PairScore, RelevanceClient
+
+
+class RequestProcessor:
+    """Answers a batch of score requests with one Triton round trip."""
+
+    path = "request"
+
+    def __init__(self, settings: Settings, client: RelevanceClient, state: EmbeddingState) -> None:
+        self.settings = settings
+        self.client = client
+        self.state = state
+        self.model_version = client.model_version()
+        if state.version != self.model_version:
+            raise ValueError(f"state of {state.version} given to a request path of {self.model_version}")
+
+    def process(self, records: Sequence[ConsumerRecord]) -> list[Output]:
+        self.state.follow(timeout_ms=0)  # what has arrived; never a wait: the ranker is waiting
+        now = datetime.now(UTC)
+        outputs: list[Output] = []
+        live: list[ScoreRequest] = []
+        for rec in records:
+            request = self._decode(rec, outputs)
+            if request is None:
+                continue
+            if now - request.sent_at > timedelta(milliseconds=request.timeout_ms):
+                outputs.append(self._reply(request, "expired", [], now))
+            else:
+                live.append(request)
+        scores = self._score(live)
+        for request, found in zip(live, scores, strict=True):
+            answers = [self._answer(pid, found.get(pid)) for pid in request.candidates]
+            outputs.append(self._reply(request, "ok", answers, now))
+            table = self.settings.topics.relevance_table
+            outputs.extend(table_entries(table, self.model_version, request.query, found, "request", now))
+        return outputs
+
+    def _decode(self, rec: ConsumerRecord, outputs: list[Output]) -> ScoreRequest | None:
+        topics, worker = self.settings.topics, self.settings.worker.name
+        try:
+            request = decode_input(ScoreRequest, rec)
+        except EventError as exc:
+            outputs.append(dead_letter(rec, exc, topics.dead_letter, worker))
+            return None
+        if request.model_version not in (None, self.model_version):
+            error = EventError(
+                "model_version_not_served",
+                f"pinned {request.model_version}; this worker serves {self.model_version}",
+                "model_version",
+            )
+            outputs.append(dead_letter(rec, error, topics.dead_letter, worker, request.request_id))
+            return None
+        return request
+
+    def _score(self, requests: list[ScoreRequest]) -> list[dict[str, PairScore]]:
+        """Each request's scores by candidate id, for the candidates this version has embedded."""
+        matrix = self.state.matrix(self.model_version)
+        pairs = [(n, pid) for n, r in enumerate(requests) for pid in r.candidates if pid in matrix]
+        out: list[dict[str, PairScore]] = [{} for _ in requests]
+        if pairs:
+            with TRITON_LATENCY.labels("query_relevance").time():
+                scores = self.client.query_relevance(
+                    [requests[n].query for n, _ in pairs],
+                    np.asarray(matrix.rows([pid for _, pid in pairs]), dtype=np.float32),
+                )
+            for (n, pid), score in zip(pairs, scores, strict=True):
+                out[n][pid] = score
+        return out
+
+    @staticmethod
+    def _answer(product_id: str, score: PairScore | None) -> ProductScore:
+        if score is None:
+            return ProductScore(product_id=product_id, status="unknown_product")
+        return ProductScore.model_validate(
+            {
+                "product_id": product_id,
+                "score": min(1.0, max(0.0, score.score)),
+                "similarity": score.similarity,
+                "label": score.label,
+            }
+        )
+
+    def _reply(self, request: ScoreRequest, status: str, scores: list[ProductScore], now: datetime) -> Output:
+        reply = ScoreReply.model_validate(
+            {
+                "request_id": request.request_id,
+                "reply_key": request.reply_key,
+                "status": status,
+                "model_version": self.model_version,
+                "scores": scores,
+                "replied_at": now,
+            }
+        )
+        return Output(self.settings.topics.score_replies, reply.key(), encode(reply))
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        return None
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        return None
+
+    def idle(self) -> None:
+        self.state.follow(timeout_ms=0)
