@@ -105,8 +105,10 @@ class Monitor:
 
     def _probe(self, w: WorkerProcess) -> None:
         for path in ("/healthz", "/readyz"):
-            started = time.monotonic()
+            started, starts = time.monotonic(), w.starts
             answered = _get(w.metrics_port, path)
+            if not answered and (not w.alive() or w.starts != starts):
+                return  # the scenario killed or restarted it during the probe: not a slow answer
             seconds = time.monotonic() - started if answered else PROBE_TIMEOUT_S
             if self._answered.get(w.name) != w.starts:
                 if not answered:
