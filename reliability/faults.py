@@ -54,7 +54,7 @@ from schemas import (
 )
 from worker.ab_metrics import latest_records
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
-from worker.kafka_io import create_topics, make_consumer, make_producer
+from worker.kafka_io import MAX_INPUT_RECORD_BYTES, create_topics, make_consumer, make_producer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = catalogue_dir()  # the full catalogue (flag-free: $QUERYLIFE_DATA or ../shared)
@@ -400,7 +400,10 @@ class Stream:
         return self
 
     def _run(self) -> None:
-        producer: KafkaProducer = make_producer(self.settings.kafka, linger_ms=self.linger_ms)
+        # an input producer: events up to the worker's limit (a poison stream sends some at the limit)
+        producer: KafkaProducer = make_producer(
+            self.settings.kafka, linger_ms=self.linger_ms, max_request_size=MAX_INPUT_RECORD_BYTES
+        )
         failed: list[int] = []
         try:
             started = time.monotonic()
