@@ -100,7 +100,19 @@ _SHARED_PROCESSORS: list[Any] = [
 
 
 class _JsonHandler(logging.StreamHandler[TextIO]):
-    """The one stderr handler `configure_logging` installs (found again, and replaced, by its type)."""
+    """The one stderr handler `configure_logging` installs (found again, and replaced, by its type).
+
+    It writes to `sys.stderr` as it is when a record comes, not as it was at start: a test runner
+    swaps stderr and closes its copy, and kafka-python's threads still log after that.
+    """
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        return None
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -114,7 +126,7 @@ def configure_logging(level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(),
         ],
     )
-    handler = _JsonHandler(sys.stderr)
+    handler = _JsonHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _JsonHandler)]:
