@@ -77,6 +77,11 @@ MODEL_INFO = Gauge(
     "1 per Query-LIFE version this worker uses (role: serving or shadow), with its Triton version directory",
     ["role", "model_version", "triton_version"],
 )
+QUERY_CACHE = Counter(
+    "querylife_query_cache_total",
+    "Query embeddings found in the query cache (hit) or encoded (miss)",
+    ["outcome"],
+)
 SHADOW_QUERY_LOGS = Counter(
     "querylife_shadow_query_logs_total", "Sampled query logs scored by a rollout's candidate too", ["outcome"]
 )

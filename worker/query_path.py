@@ -31,6 +31,7 @@ from worker.inputs import decode_input
 from worker.isolation import Isolator, Poison
 from worker.observability import TRITON_LATENCY, UNKNOWN_PRODUCTS
 from worker.outputs import Output, dead_letter
+from worker.query_cache import QueryEmbeddingCache
 from worker.relevance_table import table_entries
 from worker.shadow import ShadowScorer
 from worker.state_reader import TopicReader
@@ -60,6 +61,8 @@ class QueryProcessor:
         if state.version != self.model_version:
             raise ValueError(f"state of {state.version} given to a query path of {self.model_version}")
         self.head = HeadQueries(settings.worker, client, state)
+        size = settings.worker.query_cache_size
+        self.cache = QueryEmbeddingCache(size) if size else None
         worker = settings.worker
         self.ab = UnitAggregator(
             worker.ab_window_s, worker.event_time_grace_s, load_experiments(worker.experiments_file)
@@ -133,10 +136,12 @@ class QueryProcessor:
             pairs = [(n, pid) for n, pid in pairs if pid not in unknown]
             out: list[dict[str, PairScore]] = [{} for _ in batch]
             if pairs:
+                queries, products = [batch[n].query for n, _ in pairs], matrix.rows([pid for _, pid in pairs])
                 with TRITON_LATENCY.labels("query_relevance").time():
-                    scores = client.query_relevance(
-                        [batch[n].query for n, _ in pairs], matrix.rows([pid for _, pid in pairs])
-                    )
+                    if self.cache is None:
+                        scores = client.query_relevance(queries, products)
+                    else:
+                        scores = self.cache.scores(client, queries, products)
                 for (n, pid), score in zip(pairs, scores, strict=True):
                     out[n][pid] = score
             return out

@@ -119,6 +119,15 @@ def _bytes_column(values: Sequence[str | bytes | None]) -> np.ndarray:
     return col
 
 
+def _pair_scores(out: dict[str, np.ndarray]) -> list[PairScore]:
+    return [
+        PairScore(float(sim), float(score), _decode(label))
+        for sim, score, label in zip(
+            out["SIMILARITY"].reshape(-1), out["SCORE"].reshape(-1), out["LABEL"].reshape(-1), strict=True
+        )
+    ]
+
+
 def _decode(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -333,10 +342,26 @@ class RelevanceClient:
                 {"QUERY": _bytes_column(queries[start:end]), "PRODUCT_EMBEDDING": products[start:end]},
                 ["SIMILARITY", "SCORE", "LABEL"],
             )
-            for sim, score, label in zip(
-                out["SIMILARITY"].reshape(-1), out["SCORE"].reshape(-1), out["LABEL"].reshape(-1), strict=True
-            ):
-                scores.append(PairScore(float(sim), float(score), _decode(label)))
+            scores += _pair_scores(out)
+        return scores
+
+    def pair_relevance(self, query_embeddings: np.ndarray, product_embeddings: np.ndarray) -> list[PairScore]:
+        """Row-wise calibrated relevance of embeddings already computed (a query-embedding cache's
+        path): this version's own `relevance` directory, the second step of `query_relevance.<V>`."""
+        queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+        products = np.ascontiguousarray(product_embeddings, dtype=np.float32)
+        if queries.shape != products.shape:
+            raise ValueError(
+                f"query embeddings {queries.shape} and product embeddings {products.shape} differ"
+            )
+        directory = self.model_info()["triton_version"]
+        scores: list[PairScore] = []
+        for start in range(0, len(queries), self.settings.max_batch):
+            end = start + self.settings.max_batch
+            inputs = {"QUERY_EMBEDDING": queries[start:end], "PRODUCT_EMBEDDING": products[start:end]}
+            scores += _pair_scores(
+                self._infer("relevance", inputs, ["SIMILARITY", "SCORE", "LABEL"], directory)
+            )
         return scores
 
     def query_embeddings(self, queries: list[str]) -> np.ndarray:
