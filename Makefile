@@ -17,6 +17,7 @@ bench: install
 	.venv/bin/python -m benchmarks.state_scale --sizes $(SCALE_SIZES)
 	.venv/bin/python -m benchmarks.backfill_rate --products 1500
 	.venv/bin/python -m benchmarks.ranker_latency
+	.venv/bin/python -m benchmarks.zipf_cache --logs 6000
 
 reliability: install
 	.venv/bin/python -m reliability $(ARGS)

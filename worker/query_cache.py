@@ -6,8 +6,7 @@ cache misses (the version's own `text_encoder` directory) and scores every pair 
 `relevance` model: the two steps of `query_relevance.<V>`, so scores are the ensemble's. The key is
 `schemas.ranker.normalise_query` (the text tower is uncased and splits on whitespace, so the
 normalised forms of a query encode alike). Least recently used entries leave first; hits and misses
-are counted in `querylife_query_cache_total{outcome}` (a miss: one query encoded; a hit: a pair
-whose query needed no encoding).
+are counted per distinct query of a batch in `querylife_query_cache_total{outcome}`.
 """
 
 from __future__ import annotations
@@ -39,9 +38,9 @@ class QueryEmbeddingCache:
                 self.entries.move_to_end(key)
             elif key not in missing:
                 missing[key] = query
-        # a miss is a query encoded; every other row (cached, or repeated in this batch) is a hit
+        # per distinct query of the call: found in the cache (hit) or encoded now (miss)
         QUERY_CACHE.labels("miss").inc(len(missing))
-        QUERY_CACHE.labels("hit").inc(len(queries) - len(missing))
+        QUERY_CACHE.labels("hit").inc(len(set(keys)) - len(missing))
         found = dict(self.entries)
         if missing:
             encoded = client.query_embeddings(list(missing.values()))
