@@ -88,31 +88,15 @@ class Follower:
         self.consumer.close(autocommit=False)
 
 
-def completion_ms(outputs: dict[bytes, int], wanted: set[bytes], by_prefix: bool) -> dict[bytes, int]:
-    """Per input key, the timestamp of its last output (score keys are `query_id:product_id`)."""
-    done: dict[bytes, int] = {}
-    for key, ts in outputs.items():
-        k = key.split(b":", 1)[0] if by_prefix else key
-        if k in wanted and ts > done.get(k, 0):
-            done[k] = ts
-    return done
-
-
 def wait_outputs(
-    follower: Follower,
-    wanted: set[bytes],
-    expected_outputs: int,
-    by_prefix: bool,
-    worker: ManagedProcess | None,
-    timeout_s: float,
+    follower: Follower, wanted: set[bytes], worker: ManagedProcess | None, timeout_s: float
 ) -> dict[bytes, int]:
-    """Follow the output topic until every wanted input has all its outputs; returns completion times."""
+    """Follow the output topic until every wanted key has an output; returns their output timestamps."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         outputs = follower.poll(500)
-        matched = [k for k in outputs if (k.split(b":", 1)[0] if by_prefix else k) in wanted]
-        if len(matched) >= expected_outputs:
-            return completion_ms(outputs, wanted, by_prefix)
+        if wanted <= outputs.keys():
+            return {k: outputs[k] for k in wanted}
         if worker is not None and not worker.alive():
             raise RuntimeError(f"worker exited early; log {worker.log_path}:\n{worker.log_tail()}")
     raise TimeoutError(f"{len(wanted)} inputs not all completed after {timeout_s:.0f}s")
@@ -374,7 +358,7 @@ def open_loop_level(
     achieved = n / (time.perf_counter() - start)
     producer.close()
     wanted = {q.encode() for q in ids}
-    done = wait_outputs(scores, wanted, impressions, True, worker, timeout_s=180)
+    done = wait_outputs(scores, wanted, worker, timeout_s=180)
     inputs.poll(1000)
     while not wanted <= inputs.last.keys():
         inputs.poll(500)
@@ -434,10 +418,10 @@ def profile_query_path(settings: Settings, events: list[Any], out: Path) -> None
     stop = threading.Event()
     loop = build_loop("query", settings, stop, Liveness())  # same group: resumes after the levels
     assert loop is not None
-    scores = Follower(settings, settings.topics.relevance_scores)
+    scores = Follower(settings, settings.topics.query_scores)
 
     def watch() -> None:
-        wait_outputs(scores, wanted, expected, True, None, timeout_s=300)
+        wait_outputs(scores, wanted, None, timeout_s=300)
         stop.set()
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -544,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         worker = start_worker(settings, "product", work)
         workers.append(worker)
         wanted = {str(p["product_id"]).encode() for p in rows}
-        done = wait_outputs(embeddings, wanted, len(wanted), False, worker, timeout_s=600)
+        done = wait_outputs(embeddings, wanted, worker, timeout_s=600)
         product_delta = metrics_delta(m0, triton_metrics(triton))
         worker.stop()
         embeddings.close()
@@ -579,13 +563,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         producer.flush()
         producer.close()
-        scores = Follower(settings, settings.topics.relevance_scores)
+        scores = Follower(settings, settings.topics.query_scores)
         inputs = Follower(settings, settings.topics.query_logs)
         m0 = triton_metrics(triton)
         worker = start_worker(settings, "query", work)
         workers.append(worker)
         wanted = {ev.query_id.encode() for ev in events}
-        done = wait_outputs(scores, wanted, n_pairs, True, worker, timeout_s=600)
+        done = wait_outputs(scores, wanted, worker, timeout_s=600)
         query_delta = metrics_delta(m0, triton_metrics(triton))
         pipe_q = steady_rate(done.values())
         inproc_q = in_process_queries(model, events, vectors, w.batch_max_events)

@@ -48,7 +48,6 @@ for version in ${QL_WORKER_MODEL_VERSION:-} ${QL_WORKER_SHADOW_MODEL_VERSION:-};
     --config cleanup.policy=compact --config min.cleanable.dirty.ratio=0.1 --config segment.ms=3600000
 done
 # Scores and A/B windows are keyed and replays overwrite them: compacted like worker.kafka_io.topic_specs.
-create "${QL_TOPIC_RELEVANCE_SCORES:-querylife.relevance-scores}" --config cleanup.policy=compact
 create "${QL_TOPIC_AB_METRICS:-querylife.ab-metrics}" --config cleanup.policy=compact
 # Per-unit A/B totals (ABMetrics v2): compacted (a replay overwrites a unit's window) and deleted after
 # 90 days (longer than any experiment plus its analysis; compaction alone keeps every window forever).

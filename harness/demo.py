@@ -13,7 +13,6 @@ import os
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,8 @@ from harness.local_services import (
 )
 from harness.reference_ranker import ReferenceRanker
 from querylife.catalogue import FLAG_HELP, resolve_catalogue
-from schemas import EventError, RelevanceScore, decode_event, encode
+from schemas import EventError, decode_event, encode
+from schemas.ranker import QueryScores
 from worker.ab_report import ReportError, ReportRequest, read_unit_records, render
 from worker.config import Settings, TritonSettings
 from worker.experiments import load_experiments
@@ -75,21 +75,23 @@ def _summary(
     products: dict[str, dict[str, Any]],
     sample_queries: list[tuple[str, str]],
 ) -> list[str]:
-    scores: dict[str, list[RelevanceScore]] = defaultdict(list)
-    for _, value in read_topic(settings, settings.topics.relevance_scores):
+    searches: dict[str, QueryScores] = {}
+    for _, value in read_topic(settings, settings.topics.query_scores):
         try:
-            rec = decode_event(RelevanceScore, value)
+            record = decode_event(QueryScores, value)
         except EventError:
             continue
-        scores[rec.query_id].append(rec)
+        searches[record.query_id] = record
     lines = []
     for query_id, text in sample_queries:
+        search = searches.get(query_id)
         rows = sorted(
-            (r for r in scores.get(query_id, []) if r.score is not None), key=lambda r: -(r.score or 0.0)
+            (r for r in search.impressions if r.score is not None) if search else [],
+            key=lambda r: -(r.score or 0.0),
         )
-        if not rows:
+        if search is None or not rows:
             continue
-        lines.append(f"\n  query: {text!r}  (variant {rows[0].variant}, {len(rows)} products shown)")
+        lines.append(f"\n  query: {text!r}  (variant {search.variant}, {len(rows)} products shown)")
         for r in rows[:5]:
             p = products.get(r.product_id, {})
             lines.append(
@@ -218,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         impressions = 0
         for _, value in read_topic(settings, settings.topics.query_logs, idle_s=0.5):
             impressions += len(orjson.loads(value or b"{}").get("impressions", []))
-        _wait_for(settings, settings.topics.relevance_scores, impressions, "relevance scores", workers, 1800)
+        _wait_for(settings, settings.topics.query_scores, sent, "scored query logs", workers, 1800)
         query_s = time.monotonic() - replay_started
 
         ab = _ab_report(settings, Path(env["QL_WORKER_EXPERIMENTS_FILE"]), args.out)

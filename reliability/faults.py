@@ -48,10 +48,10 @@ from schemas import (
     Impression,
     ProductEmbedding,
     QueryLog,
-    RelevanceScore,
     decode_event,
     encode,
 )
+from schemas.ranker import ImpressionScore, QueryScores
 from worker.ab_metrics import latest_records
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
 from worker.kafka_io import MAX_INPUT_RECORD_BYTES, create_topics, make_consumer, make_producer
@@ -468,16 +468,26 @@ class Accounting:
     lost_ids: list[str] = field(default_factory=list)  # query ids of the lost events (first 20)
 
 
-def _score_values(s: RelevanceScore) -> tuple[Any, ...]:
-    return (s.status, s.label, s.model_version, s.position, s.variant, s.event_id)
+def _score_values(record: QueryScores, s: ImpressionScore) -> tuple[Any, ...]:
+    return (s.status, s.label, record.query_model_version, s.position, record.variant, record.event_id)
+
+
+def impression_scores(
+    settings: Settings, settle_s: float = 0.6
+) -> dict[bytes, list[tuple[QueryScores, ImpressionScore]]]:
+    """Every copy of every impression's score on `query-scores`, by `query_id:product_id`."""
+    by_key: dict[bytes, list[tuple[QueryScores, ImpressionScore]]] = defaultdict(list)
+    for _key, value in read_all(settings, settings.topics.query_scores, settle_s=settle_s):
+        if value is not None:
+            record = decode_event(QueryScores, value)
+            for pid, imp in record.by_product().items():
+                by_key[f"{record.query_id}:{pid}".encode()].append((record, imp))
+    return by_key
 
 
 def account(settings: Settings, events: list[QueryLog], settle_s: float = 0.6) -> Accounting:
     """Read every output record and compare with what every input should have produced."""
-    by_key: dict[bytes, list[RelevanceScore]] = defaultdict(list)
-    for key, value in read_all(settings, settings.topics.relevance_scores, settle_s=settle_s):
-        if key is not None and value is not None:
-            by_key[key].append(decode_event(RelevanceScore, value))
+    by_key = impression_scores(settings, settle_s)
     lost_events = lost_keys = not_scored = 0
     lost_ids: list[str] = []
     expected = 0
@@ -489,22 +499,22 @@ def account(settings: Settings, events: list[QueryLog], settle_s: float = 0.6) -
         lost_events += bool(missing)
         if missing and len(lost_ids) < 20:
             lost_ids.append(ev.query_id)
-        not_scored += sum(1 for k in keys if k in by_key and by_key[k][-1].status != "scored")
+        not_scored += sum(1 for k in keys if k in by_key and by_key[k][-1][1].status != "scored")
     duplicated = identical = 0
     max_diff = 0.0
     for copies in by_key.values():
         if len(copies) < 2:
             continue
         duplicated += 1
-        first = copies[0]
+        first = copies[0][1]
         diffs = [
             max(
                 abs((c.score or 0.0) - (first.score or 0.0)),
                 abs((c.similarity or 0.0) - (first.similarity or 0.0)),
             )
-            for c in copies[1:]
+            for _, c in copies[1:]
         ]
-        same = all(_score_values(c) == _score_values(first) for c in copies[1:])
+        same = all(_score_values(*c) == _score_values(*copies[0]) for c in copies[1:])
         worst = max(diffs)
         max_diff = max(max_diff, worst)
         identical += same and worst <= SCORE_TOLERANCE

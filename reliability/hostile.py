@@ -6,8 +6,8 @@ unknown fields, NaN/inf literals, huge strings, payloads over the byte limit, de
 thousands of impressions, bad identifiers, corrupt / truncated / bomb / multi-frame images,
 unsupported formats (GIF, BMP, TIFF), path traversal, absolute paths, symlinks and FIFOs under the
 image root, and URLs (SSRF). Every case must be dead-lettered with a specific reason. Unknown
-product ids in an otherwise valid query log get the letter `unknown_product` and, beside it, a
-`RelevanceScore(status="unknown_product")` per missing product (counted as *reported*). Events
+product ids in an otherwise valid query log get the letter `unknown_product` and, beside it, an
+impression with `status="unknown_product"` in its `QueryScores` (counted as *reported*). Events
 that differ from valid ones only by fields their schema version does not define are *accepted*: the
 compatibility policy (docs/contracts.md) says a newer producer's added field is ignored, so they
 must be scored and never dead-lettered.
@@ -39,6 +39,7 @@ from reliability.faults import (
     Stack,
     WorkerProcess,
     fresh_settings,
+    impression_scores,
     lag,
     query_logs,
     read_all,
@@ -46,7 +47,7 @@ from reliability.faults import (
     timed,
     wait_until,
 )
-from schemas import LIMITS, DeadLetter, RelevanceScore, decode_event, encode
+from schemas import LIMITS, DeadLetter, decode_event, encode
 from worker.kafka_io import make_producer
 
 QUERY = "query"
@@ -742,13 +743,12 @@ def _match(settings: Any, outcomes: list[Outcome]) -> None:
             letters[(d.source_topic, d.partition, d.offset)] = d
     reports: set[str] = set()
     scored: set[bytes] = set()
-    for key, value in read_all(settings, topics.relevance_scores):
-        if value is not None:
-            s = decode_event(RelevanceScore, value)
-            if s.status == "unknown_product":
-                reports.add(s.event_id)
-            elif key is not None:
-                scored.add(key)
+    for key, copies in impression_scores(settings).items():
+        record, s = copies[-1]
+        if s.status == "unknown_product":
+            reports.add(record.event_id)
+        else:
+            scored.add(key)
     for o in outcomes:
         topic = topics.query_logs if o.case.path == QUERY else topics.product_upserts
         letter = letters.get((topic, o.partition, o.offset))
@@ -785,10 +785,7 @@ def _match_accepted(o: Outcome, letter: DeadLetter | None, scored: set[bytes]) -
 
 
 def _controls_scored(settings: Any, controls: list[Any]) -> int:
-    keys = set()
-    for key, value in read_all(settings, settings.topics.relevance_scores):
-        if key is not None and value is not None and decode_event(RelevanceScore, value).status == "scored":
-            keys.add(key)
+    keys = {key for key, copies in impression_scores(settings).items() if copies[-1][1].status == "scored"}
     return sum(
         all(f"{ev.query_id}:{imp.product_id}".encode() in keys for imp in ev.impressions) for ev in controls
     )

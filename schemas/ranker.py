@@ -107,6 +107,10 @@ class QueryScores(StrictModel):
     def key(self) -> bytes:
         return self.query_id.encode()
 
+    def by_product(self) -> dict[str, ImpressionScore]:
+        """Each shown product's score (a product shown twice: its last position)."""
+        return {imp.product_id: imp for imp in self.impressions}
+
 
 class RelevanceEntry(StrictModel):
     """Latest score of one (model version, normalised query, product) (topic `relevance-table`).

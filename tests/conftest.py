@@ -19,6 +19,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from harness.local_services import LocalBroker, LocalTriton, prepare_model_repository
 from querylife.catalogue import catalogue_dir
+from schemas import decode_event
+from schemas.ranker import ImpressionScore, QueryScores
 from worker.config import KafkaSettings, Settings, TopicSettings, TritonSettings, WorkerSettings
 from worker.kafka_io import read_topic
 from worker.runner import Path_, run_worker
@@ -110,6 +112,19 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float = 120.0) -
 def latest(settings: Settings, topic: str) -> dict[bytes, bytes | None]:
     """Compacted view of a topic: the last value per key (what a compacting broker keeps)."""
     return {k: v for k, v in read_topic(settings, topic) if k is not None}
+
+
+def latest_impressions(settings: Settings) -> dict[bytes, tuple[QueryScores, ImpressionScore]]:
+    """Every impression on `query-scores` by `query_id:product_id`, with its search's record: the
+    per-impression view the retired `relevance-scores` topic used to give (last record per search)."""
+    out: dict[bytes, tuple[QueryScores, ImpressionScore]] = {}
+    for value in latest(settings, settings.topics.query_scores).values():
+        if value is None:
+            continue
+        record = decode_event(QueryScores, value)
+        for pid, imp in record.by_product().items():
+            out[f"{record.query_id}:{pid}".encode()] = (record, imp)
+    return out
 
 
 @pytest.fixture(scope="session")

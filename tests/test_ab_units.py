@@ -12,9 +12,16 @@ import numpy as np
 import orjson
 
 from harness.local_services import LocalBroker, LocalTriton
-from schemas import ABMetricsV2, DeadLetter, Impression, ProductEmbedding, QueryLog, RelevanceScore, encode
+from schemas import ABMetricsV2, DeadLetter, Impression, ProductEmbedding, QueryLog, encode
 from schemas.codec import decode_event
-from tests.conftest import SERVED_VERSION, RunningWorker, latest, make_settings, wait_until
+from tests.conftest import (
+    SERVED_VERSION,
+    RunningWorker,
+    latest,
+    latest_impressions,
+    make_settings,
+    wait_until,
+)
 from worker.ab_report import ReportRequest, read_unit_records, render
 from worker.experiments import load_experiments
 from worker.kafka_io import create_topics, make_producer
@@ -114,7 +121,7 @@ def test_event_time_bounds_late_events_and_take_over(
     first = units()[("u1", w0)]
     assert (first.experiment_id, first.unit, first.clicks, first.impressions) == ("exp-1", "user", 1, 2)
     assert first.scored_impressions == 2 and first.model_version == version
-    scored = {k.decode() for k, v in latest(settings, topics.relevance_scores).items() if v}
+    scored = {k.decode() for k in latest_impressions(settings)}
     # late, undeclared and unit-less searches are scored (for the ranker), the out-of-bounds one is not
     assert {k.split(":")[0] for k in scored} == {"q1", "q2", "q3", "q4", "q6", "q7"}
     assert worker.shutdown() == 0
@@ -136,7 +143,5 @@ def test_event_time_bounds_late_events_and_take_over(
     assert {(r["metric"], r["variant"]) for r in rows} >= {("ctr", "B")}
     ctr = next(r for r in rows if r["metric"] == "ctr")
     assert (ctr["control_units"], float(ctr["control_mean"])) == ("2", 0.5)
-    scores = [
-        decode_event(RelevanceScore, v) for v in latest(settings, topics.relevance_scores).values() if v
-    ]
-    assert all(s.model_version == version for s in scores)
+    records = [rec for rec, _ in latest_impressions(settings).values()]
+    assert records and all(r.query_model_version == r.embedding_model_version == version for r in records)

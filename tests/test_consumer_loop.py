@@ -97,7 +97,7 @@ def _loop(settings: Settings, processor: FlakyTakeOver) -> ConsumerLoop:
 def test_failed_take_over_is_retried_and_holds_the_partitions(broker: LocalBroker) -> None:
     settings = _settings_with_records(broker, 30)
     topics = settings.topics
-    processor = FlakyTakeOver(topics.relevance_scores, failures=2)
+    processor = FlakyTakeOver(topics.query_scores, failures=2)
     group = settings.worker.query_group
     loop = _loop(settings, processor)
     stop = threading.Event()
@@ -135,7 +135,7 @@ def test_rebalance_during_a_backoff_never_processes_a_partition_not_taken_over(b
 
     down = threading.Event()
     down.set()
-    first, second = FlakyTakeOver(topics.relevance_scores, 0, down), FlakyTakeOver(topics.relevance_scores, 0)
+    first, second = FlakyTakeOver(topics.query_scores, 0, down), FlakyTakeOver(topics.query_scores, 0)
     stop = threading.Event()
     threads = []
     try:

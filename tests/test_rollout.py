@@ -33,14 +33,21 @@ from schemas import (
     Impression,
     ProductEmbeddingV2,
     QueryLog,
-    RelevanceScore,
     decode_event,
     decode_product_embedding,
     encode,
 )
 from schemas.embeddings import embedding_array
 from schemas.lifecycle import ShadowScores
-from tests.conftest import REPO, SERVED_VERSION, RunningWorker, latest, make_settings, wait_until
+from tests.conftest import (
+    REPO,
+    SERVED_VERSION,
+    RunningWorker,
+    latest,
+    latest_impressions,
+    make_settings,
+    wait_until,
+)
 from worker.config import Settings
 from worker.kafka_io import create_topics, make_producer
 from worker.triton_client import RelevanceClient
@@ -144,25 +151,24 @@ def check_phase(rollout: Rollout, logs: list[QueryLog], version: str) -> None:
     wanted = {f"{log.query_id}:{imp.product_id}".encode() for log in logs for imp in log.impressions}
     wait_until(
         f"scores of {logs[0].event_id.split('-')[0]}",
-        lambda: wanted <= set(latest(settings, settings.topics.relevance_scores)),
+        lambda: wanted <= set(latest_impressions(settings)),
         timeout_s=180,
     )
-    table = latest(settings, settings.topics.relevance_scores)
-    scores = [decode_event(RelevanceScore, table[key] or b"") for key in sorted(wanted)]
-    scored = [s for s in scores if s.status == "scored"]
-    assert len(scored) >= 0.99 * len(scores), [s for s in scores if s.status != "scored"][:3]
-    assert {(s.model_version, s.embedding_model_version) for s in scores} == {(version, version)}
+    table = latest_impressions(settings)
+    records = [table[key] for key in sorted(wanted)]
+    scored = [(rec, s) for rec, s in records if s.status == "scored"]
+    assert len(scored) >= 0.99 * len(records), [s for _, s in records if s.status != "scored"][:3]
+    assert {(r.query_model_version, r.embedding_model_version) for r, _ in records} == {(version, version)}
     embeddings = {
         k.decode(): embedding_array(decode_product_embedding(v))
         for k, v in latest(settings, settings.topics.embeddings_for(version)).items()
         if v is not None
     }
-    query_of = {log.query_id: log.query for log in logs}
     with RelevanceClient(settings.triton, version) as client:
         expected = client.query_relevance(
-            [query_of[s.query_id] for s in scored], np.stack([embeddings[s.product_id] for s in scored])
+            [r.query for r, _ in scored], np.stack([embeddings[s.product_id] for _, s in scored])
         )
-    got = np.array([s.score for s in scored])
+    got = np.array([s.score for _, s in scored])
     np.testing.assert_allclose(got, [e.score for e in expected], atol=1e-5)
 
 

@@ -22,12 +22,18 @@ from schemas import (
     ProductEmbeddingV2,
     ProductUpsert,
     QueryLog,
-    RelevanceScore,
     decode_event,
     encode,
 )
 from schemas.events import Impression
-from tests.conftest import SERVED_VERSION, RunningWorker, latest, make_settings, wait_until
+from tests.conftest import (
+    SERVED_VERSION,
+    RunningWorker,
+    latest,
+    latest_impressions,
+    make_settings,
+    wait_until,
+)
 from worker.ab_metrics import UnitAggregator
 from worker.kafka_io import create_topics, make_producer
 from worker.triton_client import RelevanceClient
@@ -96,7 +102,7 @@ def test_pipeline_end_to_end(
         meta = producer.send(topics.query_logs, key=ev.query_id.encode(), value=encode(ev)).get(timeout=10)
         partitions[ev.event_id] = meta.partition
     first_pairs = sum(len(ev.impressions) for ev in queries[:half])
-    wait_until("first half scored", lambda: len(latest(settings, topics.relevance_scores)) >= first_pairs)
+    wait_until("first half scored", lambda: len(latest_impressions(settings)) >= first_pairs)
     assert worker.shutdown() == 0
 
     for ev in queries[half:]:
@@ -108,7 +114,7 @@ def test_pipeline_end_to_end(
     expected_score_keys = {
         f"{ev.query_id}:{imp.product_id}".encode() for ev in queries for imp in ev.impressions
     }
-    wait_until("all scores", lambda: set(latest(settings, topics.relevance_scores)) == expected_score_keys)
+    wait_until("all scores", lambda: set(latest_impressions(settings)) == expected_score_keys)
     window_start = UnitAggregator(settings.worker.ab_window_s, 1.0, {}).window_start
     expected_unit_keys = {  # no experiment: the unit is the user, else the session, else the search
         orjson.dumps(
@@ -150,21 +156,20 @@ def test_pipeline_end_to_end(
     np.testing.assert_allclose(got, direct, atol=1e-5)
 
     # --- scores: one per impression, equal to the model's direct output; unknown products reported
-    scores = {
-        k: decode_event(RelevanceScore, v) for k, v in latest(settings, topics.relevance_scores).items() if v
-    }
+    scores = latest_impressions(settings)
     assert set(scores) == expected_score_keys
-    reported = scores[b"qid-unknown:no-such-product"]
+    reported_search, reported = scores[b"qid-unknown:no-such-product"]
     assert reported.status == "unknown_product" and reported.score is None
-    scored = [s for s in scores.values() if s.status == "scored"]
+    scored = [(rec, s) for rec, s in scores.values() if s.status == "scored"]
     assert len(scored) == len(expected_score_keys) - 1
-    text_by_query = {ev.query_id: ev.query for ev in queries}
-    q = model.encode_texts([text_by_query[s.query_id] for s in scored])
-    p = torch.tensor(np.stack([embeddings[s.product_id].array() for s in scored]), dtype=torch.float32)
+    q = model.encode_texts([rec.query for rec, _ in scored])
+    p = torch.tensor(np.stack([embeddings[s.product_id].array() for _, s in scored]), dtype=torch.float32)
     sim, prob = model.relevance(q, p)
-    np.testing.assert_allclose([s.score for s in scored], prob.numpy(), atol=1e-5)
-    np.testing.assert_allclose([s.similarity for s in scored], sim.numpy(), atol=1e-5)
-    assert all(s.model_version == model.version for s in scored)
+    np.testing.assert_allclose([s.score for _, s in scored], prob.numpy(), atol=1e-5)
+    np.testing.assert_allclose([s.similarity for _, s in scored], sim.numpy(), atol=1e-5)
+    assert {(rec.query_model_version, rec.embedding_model_version) for rec, _ in scored} == {
+        (model.version, model.version)
+    }
 
     # --- A/B metrics: exactly the expected keys; counts exact despite the restart
     metric_records = unit_records()
@@ -187,7 +192,7 @@ def test_pipeline_end_to_end(
     ]
     assert any(d.original == b'{"query": 5}' for d in letters)
     (unknown_letter,) = [d for d in letters if d.reason == "unknown_product"]
-    assert unknown_letter.event_id == reported.event_id
+    assert unknown_letter.event_id == reported_search.event_id
     assert "no-such-product" in unknown_letter.error_message
 
 
@@ -239,8 +244,7 @@ def test_embedding_of_the_wrong_width_is_ignored_not_fatal(broker: LocalBroker, 
         producer.send(topics.query_logs, key=query_id.encode(), value=encode(event)).get(timeout=10)
 
     def statuses() -> dict[str, str]:
-        rows = latest(settings, topics.relevance_scores)
-        return {k.decode(): decode_event(RelevanceScore, v).status for k, v in rows.items() if v}
+        return {k.decode(): imp.status for k, (_, imp) in latest_impressions(settings).items()}
 
     before = rejected()
     # read when the state loads: two valid products, one too short, one too long, one valid then replaced

@@ -16,9 +16,9 @@ import pytest
 
 from harness.local_services import LocalBroker, LocalTriton
 from reliability.faults import WorkerProcess
-from schemas import ProductEmbedding, QueryLog, RelevanceScore, decode_event, encode
+from schemas import ProductEmbedding, QueryLog, encode
 from schemas.events import Impression
-from tests.conftest import SERVED_VERSION, latest, make_settings, wait_until
+from tests.conftest import SERVED_VERSION, latest_impressions, make_settings, wait_until
 from worker.config import Settings
 from worker.kafka_io import create_topics, make_producer
 from worker.triton_client import RelevanceClient
@@ -86,10 +86,8 @@ def test_query_worker_waits_for_missing_topics_then_scores(
         producer.send(topics.query_logs, key=b"qid1", value=encode(query)).get(timeout=10)
         producer.close()
 
-        wait_until("the score", lambda: b"qid1:p1" in latest(settings, topics.relevance_scores), timeout_s=30)
-        value = latest(settings, topics.relevance_scores)[b"qid1:p1"]
-        assert value is not None
-        score = decode_event(RelevanceScore, value)
+        wait_until("the score", lambda: b"qid1:p1" in latest_impressions(settings), timeout_s=30)
+        _, score = latest_impressions(settings)[b"qid1:p1"]
         assert score.status == "scored" and score.score is not None
         assert score.score == pytest.approx(expected.score, abs=1e-6)
         assert worker.probe("/readyz") == 200

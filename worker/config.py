@@ -119,7 +119,6 @@ class TopicSettings(BaseSettings):
     # prefix of the per-version topics `<product_embeddings>.<model_version>` (`embeddings_for`);
     # the bare name is the pre-#19 topic that held every version, read by nothing any more
     product_embeddings: str = "querylife.product-embeddings"
-    relevance_scores: str = "querylife.relevance-scores"
     ab_metrics: str = "querylife.ab-metrics"  # ABMetrics v1, no longer written (docs/contracts.md)
     ab_units: str = "querylife.ab-units"
     dead_letter: str = "querylife.dead-letter"
@@ -137,7 +136,6 @@ class TopicSettings(BaseSettings):
         "product_upserts",
         "query_logs",
         "product_embeddings",
-        "relevance_scores",
         "ab_metrics",
         "ab_units",
         "dead_letter",

@@ -67,7 +67,6 @@ def topic_specs(topics: TopicSettings, model_versions: Iterable[str] = ()) -> li
         topics.product_upserts: inputs,
         topics.query_logs: inputs,
         **{topics.embeddings_for(v): {"cleanup.policy": "compact"} for v in model_versions},
-        topics.relevance_scores: {"cleanup.policy": "compact"},
         topics.ab_metrics: {"cleanup.policy": "compact"},
         # a unit's window is rewritten as it grows; 90 days outlive any experiment and its analysis
         topics.ab_units: {"cleanup.policy": "compact,delete", "retention.ms": str(AB_UNITS_RETENTION_MS)},

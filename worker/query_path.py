@@ -1,8 +1,8 @@
-"""Query path: query logs -> Triton `query_relevance` against the embeddings state -> scores + A/B metrics."""
+"""Query path: query logs -> Triton `query_relevance` against the embeddings state -> one `QueryScores`
+per query log, relevance-table rows and A/B unit totals."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -16,8 +16,6 @@ from schemas import (
     EventError,
     Impression,
     QueryLog,
-    RelevanceScore,
-    ScoreLabel,
     decode_event,
     encode,
 )
@@ -89,10 +87,10 @@ class QueryProcessor:
                     dead_letter(rec, error, self.settings.topics.dead_letter, self._worker, ev.event_id)
                 )
                 continue
-            outputs.extend(self._score_outputs(ev, result, unknown, now))
             outputs.extend(self._ranker_outputs(ev, result, unknown, now))
             missing = [imp for imp in ev.impressions if imp.product_id in unknown]
             if missing:
+                UNKNOWN_PRODUCTS.inc(len(missing))
                 outputs.append(self._unknown_product_letter(rec, ev, missing))
             counted.append((rec, ev, {pid: r.score for pid, r in result.items()}))
             scored.append((ev, result))
@@ -153,38 +151,6 @@ class QueryProcessor:
         unit = np.zeros((1, self.state.dim), dtype=np.float32)
         unit[0, 0] = 1.0
         self.client.with_timeout(timeout_s).query_relevance(["canary"], unit)
-
-    def _score_outputs(
-        self, ev: QueryLog, scores: dict[str, PairScore], unknown: set[str], now: datetime
-    ) -> list[Output]:
-        """A `RelevanceScore` per impression: scored, or `status=unknown_product`."""
-        out: list[Output] = []
-        for imp in ev.impressions:
-            common = functools.partial(
-                RelevanceScore,
-                query_id=ev.query_id,
-                event_id=ev.event_id,
-                product_id=imp.product_id,
-                variant=ev.variant,
-                position=imp.position,
-                model_version=self.model_version,
-                embedding_model_version=self.state.version,
-                scored_at=now,
-            )
-            result = scores.get(imp.product_id)
-            if result is not None:
-                score = common(
-                    score=min(1.0, max(0.0, result.score)),
-                    similarity=result.similarity,
-                    label=ScoreLabel(result.label),
-                )
-            elif imp.product_id in unknown:
-                UNKNOWN_PRODUCTS.inc()
-                score = common(status="unknown_product")
-            else:
-                continue
-            out.append(Output(self.settings.topics.relevance_scores, score.key(), encode(score)))
-        return out
 
     def _ranker_outputs(
         self, ev: QueryLog, scores: dict[str, PairScore], unknown: set[str], now: datetime

@@ -106,7 +106,7 @@ def _needed_topics(path: Path_, settings: Settings, version: str) -> tuple[str, 
             topics.score_requests,
             {topics.score_requests, topics.score_replies, *needed},
         )
-    needed |= {topics.query_logs, topics.relevance_scores, topics.ab_units, topics.query_scores}
+    needed |= {topics.query_logs, topics.ab_units, topics.query_scores}
     if worker.shadow_model_version:
         needed |= {topics.shadow_scores, topics.embeddings_for(worker.shadow_model_version)}
     return worker.query_group, topics.query_logs, needed
