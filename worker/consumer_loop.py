@@ -2,7 +2,10 @@
 -> commit.
 
 poll (max records / max wait) -> the processor builds every output of the batch (dead letters
-included) -> the publisher produces all, flushes and checks every ack -> commit the batch's offsets.
+included) -> the publisher hands them all to the producer -> commit the batch's offsets once every
+output is acknowledged. The acks of batch N are awaited after batch N+1 was processed, so N's
+records travel to the broker while N+1 is in Triton (one batch in flight; N+1's outputs are sent
+only after N's are acknowledged, so the order of outputs by key is kept).
 Nothing is committed before its outputs are acknowledged, so a crash anywhere replays the batch;
 outputs are keyed so a replay overwrites instead of duplicating. A dependency being unavailable
 (Triton, or the broker while a path reads its state) pauses the partitions and backs off while still
@@ -29,7 +32,7 @@ from worker.dependency import BrokerUnavailable, DependencyUnavailable
 from worker.observability import BATCH_SIZE, CONSUMER_LAG, E2E_LATENCY, EVENTS_IN, TRITON_RETRIES, Liveness
 from worker.outputs import Output
 from worker.pausing import PartitionOwner, PartitionPauser
-from worker.publisher import Publisher
+from worker.publisher import Publisher, Sent
 
 log = structlog.get_logger()
 
@@ -70,6 +73,7 @@ class ConsumerLoop:
             settings.kafka, producer, processor.path, self.pausing.wait, Backoff(FIRST_RETRY_S, retry_max_s)
         )
         self._poll_backoff = Backoff(FIRST_RETRY_S, retry_max_s)
+        self._in_flight: tuple[list[ConsumerRecord], Sent] | None = None
 
     def run(self, stop: threading.Event) -> None:
         self.consumer.subscribe([self.topic], listener=self.pausing)
@@ -77,15 +81,26 @@ class ConsumerLoop:
         self.liveness.running(self.processor.path)
         while not stop.is_set():
             self.liveness.beat()
+            if self.pausing.deferred:  # a take-over reads our outputs back: they must be acknowledged
+                self._settle(stop)
             self.pausing.take_over_due()
             records = self._poll(stop)
             batch = self._process(records, stop) if records else None
-            if batch is None:
-                continue
-            records, outputs = batch
-            if self.publisher.publish(outputs, give_up=self._drain_deadline(stop)):
-                self._commit(self.pausing.drop_revoked(records))
+            self._settle(stop)
+            if batch is not None:
+                records, outputs = batch
+                self._in_flight = (records, self.publisher.send(outputs))
+        self._settle(stop)
         self._close()
+
+    def _settle(self, stop: threading.Event) -> None:
+        """Wait for the batch in flight to be acknowledged (re-publishing it if needed), then commit it."""
+        if self._in_flight is None:
+            return
+        records, sent = self._in_flight
+        self._in_flight = None
+        if self.publisher.confirm(sent, give_up=self._drain_deadline(stop)):
+            self._commit(self.pausing.drop_revoked(records))
 
     def _poll(self, stop: threading.Event) -> list[ConsumerRecord]:
         """The next batch in partition order; [] if there is none, or if the broker is away (waited out)."""

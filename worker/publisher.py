@@ -1,5 +1,7 @@
 """Publishing a batch's outputs: produce all, flush, check every ack; retry the whole set until acked.
 
+Two steps so the loop can overlap them with the next batch's Triton call: `send` hands every output to
+the producer (its I/O thread ships them while the loop works on), `confirm` waits for the acks.
 Outputs are idempotent by key, so re-sending a whole set after a failure only overwrites. A producer
 that keeps failing is replaced: kafka-python's idempotent producer can be left in a fatal state (its
 producer id unknown to a restarted broker) in which every send fails.
@@ -9,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
 
 from worker.backoff import Backoff
 from worker.config import KafkaSettings
@@ -24,6 +28,14 @@ log = structlog.get_logger()
 
 REPLACE_AFTER_FAILURES = 3
 """Failed publishes in a row after which the producer is replaced by a fresh one."""
+
+
+@dataclass
+class Sent:
+    """A batch's outputs handed to the producer; `futures` None if handing them over failed."""
+
+    outputs: list[Output]
+    futures: list[tuple[str, FutureRecordMetadata]] | None
 
 
 class Publisher:
@@ -43,13 +55,31 @@ class Publisher:
         self.wait = wait  # how to wait between tries (the loop's paused polls)
         self.backoff = backoff
 
+    def send(self, outputs: list[Output]) -> Sent:
+        """Hand every output to the producer without waiting for acks (`confirm` waits)."""
+        try:
+            return Sent(outputs, self._hand_over(outputs))
+        except KafkaError as exc:
+            log.warning("send_failed", path=self.path, error=str(exc)[:200])
+            return Sent(outputs, None)
+
+    def confirm(self, sent: Sent, give_up: Callable[[], bool]) -> bool:
+        """True once every output of `sent` is acknowledged, re-publishing the set if a send failed."""
+        if sent.futures is not None:
+            try:
+                self._await(sent.futures)
+                return True
+            except KafkaError as exc:
+                log.warning("publish_failed", path=self.path, error=str(exc)[:200], retry_in_s=0)
+        return self.publish(sent.outputs, give_up)
+
     def publish(self, outputs: list[Output], give_up: Callable[[], bool]) -> bool:
         """True once every output is acknowledged; False if `give_up()` says so after a failure."""
         self.backoff.reset()
         failures = 0
         while True:
             try:
-                self._send_all(outputs)
+                self._await(self._hand_over(outputs))
                 return True
             except KafkaError as exc:
                 if give_up():
@@ -61,10 +91,10 @@ class Publisher:
                     self._replace_producer()
                 self.wait(delay)
 
-    def _send_all(self, outputs: list[Output]) -> None:
-        futures = [
-            (out.topic, self.producer.send(out.topic, key=out.key, value=out.value)) for out in outputs
-        ]
+    def _hand_over(self, outputs: list[Output]) -> list[tuple[str, FutureRecordMetadata]]:
+        return [(out.topic, self.producer.send(out.topic, key=out.key, value=out.value)) for out in outputs]
+
+    def _await(self, futures: list[tuple[str, FutureRecordMetadata]]) -> None:
         self.producer.flush(timeout=self.kafka.request_timeout_ms / 1000)
         for topic, fut in futures:
             fut.get(timeout=1)
