@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from kafka import KafkaAdminClient
 
@@ -45,7 +46,13 @@ def v1(pid: str, vector: np.ndarray, version: str = SERVED) -> bytes:
     )
 
 
-def v2(pid: str, vector: np.ndarray, version: str = SERVED, dtype: str = "float32") -> bytes:
+def v2(
+    pid: str,
+    vector: np.ndarray,
+    version: str = SERVED,
+    dtype: str = "float32",
+    weights: tuple[float, float] = (0.5, 0.5),
+) -> bytes:
     return encode(
         ProductEmbeddingV2.from_array(
             vector,
@@ -53,7 +60,7 @@ def v2(pid: str, vector: np.ndarray, version: str = SERVED, dtype: str = "float3
             product_id=pid,
             product_type="Tshirts",
             model_version=version,
-            fusion_weights=FusionWeights(title=0.5, image=0.5),
+            fusion_weights=FusionWeights(title=weights[0], image=weights[1]),
             has_title=True,
             has_image=True,
             source_event_id="e",
@@ -102,7 +109,22 @@ def test_matrix_reuses_freed_rows_and_grows_by_blocks() -> None:
     assert np.abs(got - want).max() < 1e-3  # float16 storage
     ids, chunks = m.ordered()
     assert "p3" not in ids and len(ids) == len(m)
-    assert sum(len(c) for c in chunks) == len(m)
+    assert sum(len(v) for v, _ in chunks) == len(m)
+
+
+def test_matrix_keeps_fusion_weights_beside_vectors() -> None:
+    m = VectorMatrix(DIM, "float16")
+    rng = np.random.default_rng(9)
+    m.put("a", unit(rng), (0.6, 0.4))
+    m.put("v1", unit(rng))  # a v1 record: no weights
+    m.put("b", unit(rng), (0.123456789, 0.876543211))
+    assert m.fusion_weights(["a", "v1", "b", "absent"]) == {"a": (0.6, 0.4), "b": (0.123457, 0.876543)}
+    m.delete("a")
+    m.put("c", unit(rng))  # takes a's freed row: a's weights must not leak into it
+    assert m.fusion_weights(["a", "c"]) == {}
+    m.put("b", unit(rng), (1.0, 0.0))  # an update replaces them
+    assert m.fusion_weights(["b"]) == {"b": (1.0, 0.0)}
+    assert m.nbytes == BLOCK_ROWS * (DIM * 2 + 2 * 4)  # float16 vectors + two float32 weights a row
 
 
 # --------------------------------------------------------------------------- on the broker
@@ -113,12 +135,15 @@ def test_v1_and_v2_records_mixed_on_one_topic(broker) -> None:  # type: ignore[n
     create_topics(settings)
     rng = np.random.default_rng(2)
     a, b, c, d, e = (unit(rng) for _ in range(5))
+    unbalanced = orjson.loads(v2("unbalanced", b))
+    unbalanced["fusion_weights"] = {"title": 0.9, "image": 0.9}  # past the fast path's checks too
     send(
         settings,
         [
             ("json", v1("json", a)),
-            ("bin32", v2("bin32", b)),
-            ("bin16", v2("bin16", c, dtype="float16")),
+            ("bin32", v2("bin32", b, weights=(0.8, 0.2))),
+            ("bin16", v2("bin16", c, dtype="float16", weights=(0.25, 0.75))),
+            ("unbalanced", orjson.dumps(unbalanced)),
             ("upgraded", v1("upgraded", a)),
             ("upgraded", v2("upgraded", d)),  # the latest record wins, across schema versions
             ("deleted", v2("deleted", e)),
@@ -135,13 +160,17 @@ def test_v1_and_v2_records_mixed_on_one_topic(broker) -> None:  # type: ignore[n
     np.testing.assert_array_equal(served["bin32"], b)
     assert np.abs(served["bin16"] - c).max() < 1e-3
     np.testing.assert_array_equal(served["upgraded"], d)
-    assert state.invalid == 2  # wrong-dim, and "moved" (refused, and unknown until a valid record)
+    assert state.invalid == 3  # wrong-dim, unbalanced weights, and "moved" (unknown until a valid one)
+    weights = state.matrix(SERVED).fusion_weights(served)
+    assert weights == {"bin32": (0.8, 0.2), "bin16": (0.25, 0.75), "upgraded": (0.5, 0.5)}  # v1: none
     state.close()
 
 
 def _fill(settings: Settings, n: int, seed: int) -> list[tuple[str, bytes | None]]:
     rng = np.random.default_rng(seed)
-    records: list[tuple[str, bytes | None]] = [(f"p{i}", v2(f"p{i}", unit(rng))) for i in range(n)]
+    records: list[tuple[str, bytes | None]] = [
+        (f"p{i}", v2(f"p{i}", unit(rng), weights=((i % 11) / 10, 1 - (i % 11) / 10))) for i in range(n)
+    ]
     send(settings, records)
     return records
 
@@ -157,7 +186,7 @@ def test_warm_restart_ends_with_exactly_the_cold_state(broker, tmp_path: Path) -
     rng = np.random.default_rng(4)
     tail: list[tuple[str, bytes | None]] = [(f"new{i}", v2(f"new{i}", unit(rng))) for i in range(30)]
     tail += [(f"p{i}", None) for i in range(0, 300, 10)]  # deletes
-    tail += [(f"p{i}", v2(f"p{i}", unit(rng))) for i in range(1, 300, 10)]  # updates
+    tail += [(f"p{i}", v2(f"p{i}", unit(rng), weights=(0.9, 0.1))) for i in range(1, 300, 10)]  # updates
     tail += [("p2", v2("p2", unit(rng), version=OTHER))]  # another version: refused, p2 unknown
     send(settings, tail)
     warm = EmbeddingState(settings, DIM, SERVED)
@@ -175,6 +204,9 @@ def test_warm_restart_ends_with_exactly_the_cold_state(broker, tmp_path: Path) -
     assert len(cold_state) == 3000 + 30 - 30 - 1
     for pid, vec in cold_state.items():
         np.testing.assert_array_equal(warm_state[pid], vec)
+    weights = cold.matrix(SERVED).fusion_weights(cold_state)
+    assert len(weights) == len(cold_state) and weights["p11"] == (0.9, 0.1) and weights["p3"] == (0.3, 0.7)
+    assert warm.matrix(SERVED).fusion_weights(warm_state) == weights
     assert warm.positions == cold.positions
     warm.close()
     cold.close()
@@ -231,6 +263,24 @@ def test_expired_snapshot_is_discarded(broker, tmp_path: Path) -> None:  # type:
     with pytest.raises(state_snapshot.SnapshotRejected, match="expired"):
         state_snapshot.read(path, meta.topic, meta.topic_id, DIM, "float32", 86_400)
     assert _restored(settings) == (False, 0)
+
+
+def test_snapshot_without_fusion_weights_is_rebuilt(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A format-1 snapshot (vectors only, before the weights were kept) is refused, not half-used."""
+    settings = make_settings(broker, state_dir=tmp_path, model_version=SERVED)
+    path = _snapshot_then(settings, tmp_path)
+    topic = settings.topics.embeddings_for(SERVED)
+    state = EmbeddingState(settings, DIM, SERVED)
+    meta, matrix = state_snapshot.read(path, topic, state.reader.topic_id(), DIM, "float32", 1e9)
+    state.close()
+    state_snapshot.write(path, state_snapshot.SnapshotMeta(**(vars(meta) | {"format": 1})), matrix)
+    with pytest.raises(state_snapshot.SnapshotRejected, match="format"):
+        state_snapshot.read(path, topic, meta.topic_id, DIM, "float32", 1e9)
+    assert _restored(settings) == (False, 0)
+    rebuilt = loaded(settings)  # cold, from the topic, and snapshotted again in the new format
+    assert rebuilt.matrix(SERVED).fusion_weights(["p3"]) == {"p3": (0.3, 0.7)}
+    rebuilt.close()
+    assert _restored(settings) == (True, 500)
 
 
 def test_snapshot_of_a_recreated_topic_is_discarded(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,8 @@ unknown until a valid record arrives. A query is only ever scored against its ow
 Decoding is the start-up cost at a million products. v2 records (binary vectors) therefore take a
 fast path, with the checks of `ProductEmbeddingV2` done directly on the parsed JSON: ~10 µs instead
 of ~28 µs per record. Anything else goes through pydantic, which names the reason for rejecting it.
+Each product's fusion weights (title, image) are kept beside its vector (`VectorMatrix.fusion_weights`):
+`QueryScores` and score replies carry them; a v1 record has none.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import structlog
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
-from schemas import EventError, decode_product_embedding
+from schemas import EventError, ProductEmbeddingV2, decode_product_embedding
 from schemas.base import MODEL_VERSION_PATTERN
 from schemas.embeddings import MAX_DIM, VECTOR_DTYPES, embedding_array
 from worker import state_snapshot
@@ -43,7 +45,7 @@ from worker.observability import (
     STATE_SNAPSHOTS,
 )
 from worker.state_reader import TopicReader
-from worker.vector_matrix import VectorMatrix
+from worker.vector_matrix import VectorMatrix, Weights
 
 log = structlog.get_logger()
 
@@ -166,7 +168,7 @@ class EmbeddingState:
             self._drop(key)  # tombstone: product deleted
             return
         try:
-            version, vector = self._decode(rec.value)
+            version, vector, weights = self._decode(rec.value)
         except EventError as exc:
             self._drop(key)  # the latest record is unusable: the product is unknown until a valid one
             self._reject(key, exc.reason)
@@ -180,14 +182,17 @@ class EmbeddingState:
             self._drop(key)
             self._reject(key, "model_version_mismatch", version=version, expected=self.version)
             return
-        matrix.put(key, vector)
+        matrix.put(key, vector, weights)
 
-    def _decode(self, value: bytes) -> tuple[str, np.ndarray]:
+    def _decode(self, value: bytes) -> tuple[str, np.ndarray, Weights | None]:
         fast = _fast_v2(value)
         if fast is not None:
             return fast
         record = decode_product_embedding(value)  # the slow path names the reason when it fails
-        return record.model_version, embedding_array(record)
+        weights = None
+        if isinstance(record, ProductEmbeddingV2):
+            weights = (record.fusion_weights.title, record.fusion_weights.image)
+        return record.model_version, embedding_array(record), weights
 
     def _drop(self, key: str) -> None:
         for matrix in self.matrices.values():
@@ -239,7 +244,7 @@ class EmbeddingState:
                 "state_snapshot_written",
                 path=str(path),
                 products=written.rows,
-                mbytes=round((written.ids_bytes + written.vectors_bytes) / 2**20, 1),
+                mbytes=round((written.ids_bytes + written.vectors_bytes + written.weights_bytes) / 2**20, 1),
                 seconds=round(time.monotonic() - started, 2),
             )
 
@@ -296,14 +301,18 @@ class EmbeddingState:
         return int(value) if value else DEFAULT_DELETE_RETENTION_MS
 
 
-def _fast_v2(value: bytes) -> tuple[str, np.ndarray] | None:
-    """(model version, vector) of a well-formed v2 record, or None to take the validating path."""
+def _fast_v2(value: bytes) -> tuple[str, np.ndarray, Weights] | None:
+    """(model version, vector, fusion weights) of a well-formed v2 record, or None to take the
+    validating path."""
     try:
         doc: Any = orjson.loads(value)
         if not isinstance(doc, dict) or doc.get("schema_version") != 2:
             return None
         dtype, dim, version = VECTOR_DTYPES[doc["dtype"]], doc["dim"], doc["model_version"]
         if type(dim) is not int or not 0 < dim <= MAX_DIM or type(version) is not str:
+            return None
+        weights = _fast_weights(doc["fusion_weights"])
+        if weights is None:
             return None
         # non-strict is ~30 % faster; a payload it would repair cannot pass the exact length check below
         # unless only padding/whitespace differed, and the vector is still checked for finiteness
@@ -315,4 +324,17 @@ def _fast_v2(value: bytes) -> tuple[str, np.ndarray] | None:
     vector = np.frombuffer(raw, dtype=dtype)
     if not math.isfinite(float(np.dot(vector, vector))):  # NaN/inf propagate; ~4x cheaper than isfinite
         return None  # (or a float16 overflow of the dot: the validating path decides)
-    return version, vector
+    return version, vector, weights
+
+
+def _fast_weights(doc: Any) -> Weights | None:
+    """`FusionWeights`' checks on parsed JSON: two numbers in [0, 1] summing to 1 (within 1e-3)."""
+    if not isinstance(doc, dict) or len(doc) != 2:
+        return None
+    title: Any = doc.get("title")
+    image: Any = doc.get("image")
+    if type(title) not in (float, int) or type(image) not in (float, int):
+        return None  # bool is not a weight; neither is a missing key
+    if not (0.0 <= title <= 1.0 and 0.0 <= image <= 1.0 and abs(title + image - 1.0) <= 1e-3):
+        return None
+    return float(title), float(image)

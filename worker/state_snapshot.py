@@ -2,14 +2,16 @@
 
 One file per (topic, model version): `<state dir>/<topic>.<model version>.qlsnap`. Layout: 8 magic
 bytes, the header length (8 bytes, little-endian), an orjson header, the ids (an orjson list in
-row order), then the vectors as raw rows of the stored dtype. The header names the topic and its
+row order), then per block of rows (`BLOCK_ROWS`) its vectors as raw rows of the stored dtype and its
+fusion weights as float32 (title, image) pairs (format 2). The header names the topic and its
 Kafka topic id, the next offset of every partition, the creation time, the sizes and a CRC32C of
 everything after it. It is written to a temporary file, fsynced and renamed over the old one, so a
 reader sees the old snapshot or the new one, never half of one.
 
 `read` refuses (`SnapshotRejected`, with a reason for the log) a snapshot of another topic, including
 a topic deleted and recreated under the same name (another topic id, even if refilled past the stored
-offsets), a truncated or corrupt file, one of another dtype or width, and one older than the topic's
+offsets), a truncated or corrupt file, one of another dtype or width, one of another format (a format-1 file
+has no fusion weights: the state is rebuilt from the topic, which has them), and one older than the topic's
 `delete.retention.ms`: a tombstone it never saw may be gone from the topic by then, so a deleted
 product would come back.
 """
@@ -27,10 +29,10 @@ import numpy as np
 import orjson
 from crc32c import crc32c
 
-from worker.vector_matrix import VectorMatrix
+from worker.vector_matrix import WEIGHTS, VectorMatrix
 
 MAGIC = b"QLSNAP\x00\x01"
-FORMAT = 1
+FORMAT = 2  # 1: vectors only (before the fusion weights were kept)
 
 
 class SnapshotRejected(Exception):
@@ -55,6 +57,7 @@ class SnapshotMeta:
     rows: int = 0
     ids_bytes: int = 0
     vectors_bytes: int = 0
+    weights_bytes: int = 0
     checksum: int = 0
     format: int = FORMAT
 
@@ -73,18 +76,20 @@ def write(path: Path, meta: SnapshotMeta, matrix: VectorMatrix) -> SnapshotMeta:
         with tmp.open("wb") as f:
             header_at = _reserve_header(f)
             f.write(ids_blob)
-            checksum, vectors_bytes = crc32c(ids_blob), 0
+            checksum, sizes = crc32c(ids_blob), [0, 0]
             for chunk in chunks:
-                data = np.ascontiguousarray(chunk).data
-                f.write(data)
-                checksum, vectors_bytes = crc32c(data, checksum), vectors_bytes + data.nbytes
+                for i, part in enumerate(chunk):  # the block's vectors, then its weights
+                    data = np.ascontiguousarray(part).data
+                    f.write(data)
+                    checksum, sizes[i] = crc32c(data, checksum), sizes[i] + data.nbytes
             done = SnapshotMeta(
                 **(
                     asdict(meta)
                     | {
                         "rows": len(ids),
                         "ids_bytes": len(ids_blob),
-                        "vectors_bytes": vectors_bytes,
+                        "vectors_bytes": sizes[0],
+                        "weights_bytes": sizes[1],
                         "checksum": checksum,
                     }
                 )
@@ -107,29 +112,43 @@ def read(
         raise SnapshotRejected("missing", str(path))
     with path.open("rb") as f:
         meta = _read_header(f, path)
-        expected = f.tell() + meta.ids_bytes + meta.vectors_bytes
+        expected = f.tell() + meta.ids_bytes + meta.vectors_bytes + meta.weights_bytes
         if path.stat().st_size != expected:
             raise SnapshotRejected("truncated", f"{path.stat().st_size} bytes, header says {expected}")
         _check_identity(meta, topic, topic_id, dim, dtype, max_age_s)
         ids_blob = f.read(meta.ids_bytes)
         checksum = crc32c(ids_blob)
         ids = orjson.loads(ids_blob)
-        if len(ids) != meta.rows or meta.vectors_bytes != meta.rows * dim * np.dtype(dtype).itemsize:
+        if (
+            len(ids) != meta.rows
+            or meta.vectors_bytes != meta.rows * dim * np.dtype(dtype).itemsize
+            or meta.weights_bytes != meta.rows * WEIGHTS * 4
+        ):
             raise SnapshotRejected("corrupt", "row count does not match the sizes")
         matrix = VectorMatrix(dim, dtype)
 
-        def fill(view: np.ndarray) -> None:
+        def fill(*views: np.ndarray) -> None:
             nonlocal checksum
-            if f.readinto(view.data.cast("B")) != view.nbytes:
-                raise SnapshotRejected("truncated", "vectors end early")
-            checksum = crc32c(view.data, checksum)
+            for view in views:  # the block's vectors, then its weights
+                if f.readinto(view.data.cast("B")) != view.nbytes:
+                    raise SnapshotRejected("truncated", "rows end early")
+                checksum = crc32c(view.data, checksum)
 
         matrix.load_rows(ids, fill)
     if checksum != meta.checksum:
         raise SnapshotRejected("corrupt", "checksum mismatch")
     if not all(np.isfinite(block).all() for block in matrix.blocks):
         raise SnapshotRejected("corrupt", "non-finite vector")
+    if not all(_weights_valid(w) for w in matrix.weights):
+        raise SnapshotRejected("corrupt", "fusion weights out of [0, 1]")
     return meta, matrix
+
+
+def _weights_valid(weights: np.ndarray) -> bool:
+    """Each row is (title, image) in [0, 1], or NaN for both (a record without weights)."""
+    known = ~np.isnan(weights[:, 0])
+    rows = weights[known]
+    return bool(np.isnan(weights[~known, 1]).all() and ((rows >= 0) & (rows <= 1)).all())
 
 
 def _check_identity(
