@@ -27,6 +27,8 @@ TITLES = {
     "p-shirt": ("Nike Men Black Tshirt", "Tshirts"),
     "p-shoe": ("Puma Men Red Casual Shoes", "Casual Shoes"),
 }
+# what each product's embedding record says made it: the per-log records and replies must carry these
+WEIGHTS = {"p-shirt": FusionWeights(title=0.75, image=0.25), "p-shoe": FusionWeights(title=1.0, image=0.0)}
 
 
 def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTriton) -> None:
@@ -56,9 +58,9 @@ def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTrito
             product_id=pid,
             product_type=TITLES[pid][1],
             model_version=SERVED_VERSION,
-            fusion_weights=FusionWeights(title=1.0, image=0.0),
+            fusion_weights=WEIGHTS[pid],
             has_title=True,
-            has_image=False,
+            has_image=WEIGHTS[pid].image > 0,
             source_event_id=f"e-{pid}",
             updated_at=now,
         )
@@ -123,6 +125,7 @@ def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTrito
         for answer in (ok.scores[0], ok.scores[2]):
             assert answer.score is not None
             assert abs(answer.score - expected[answer.product_id].score) < 1e-5
+            assert answer.fusion_weights == WEIGHTS[answer.product_id]
         assert replies[b"ranker-2"].status == "expired" and replies[b"ranker-2"].scores == []
         assert b"ranker-3" not in replies
 
@@ -132,6 +135,9 @@ def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTrito
         assert scored.normalised_query == "black t-shirt for men"
         by_id = {imp.product_id: imp for imp in scored.impressions}
         assert by_id["gone"].status == "unknown_product" and by_id["p-shirt"].clicked
+        assert by_id["gone"].fusion_weights is None
+        for pid, weights in WEIGHTS.items():  # the weights of the product's embedding record
+            assert by_id[pid].fusion_weights == weights
         for pid in TITLES:  # the same scores as the request path's
             assert abs((by_id[pid].score or 0.0) - expected[pid].score) < 1e-5
 

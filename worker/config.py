@@ -44,6 +44,10 @@ class KafkaSettings(BaseSettings):
     heartbeat_interval_ms: int = 1_000
     max_poll_interval_ms: int = 120_000
     request_timeout_ms: int = 30_000
+    # How long the broker may hold a consumer's fetch when it has nothing new (Tansu holds it that
+    # long even if records arrive meanwhile): the wait a record can add before a consumer sees it.
+    # The request worker runs with 5 (a ranker is waiting; docs/deploying.md)
+    fetch_max_wait_ms: int = Field(default=20, ge=1, le=500)
 
     @model_validator(mode="after")
     def _consistent_security(self) -> KafkaSettings:
@@ -228,6 +232,9 @@ class WorkerSettings(BaseSettings):
     topk_half_life_s: float = Field(default=600.0, gt=0)
     # the request path's poll wait: a ranker waits for the answer, so latency beats batching
     request_batch_max_wait_ms: int = Field(default=5, ge=0)
+    # query embeddings the request path keeps (worker/request_path.py); 0: every request's query is
+    # encoded by the `query_relevance` ensemble
+    request_query_cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
     query_group: str = "querylife-query-worker"
     batch_max_events: int = 64
     batch_max_wait_ms: int = 50

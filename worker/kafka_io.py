@@ -49,7 +49,7 @@ def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) 
         "max_poll_interval_ms": kafka.max_poll_interval_ms,
         "fetch_max_bytes": 16 * 1024 * 1024,
         # Short long-polls: at low traffic a fetch otherwise idles up to 500 ms before new records show.
-        "fetch_max_wait_ms": 20,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
     }
     return KafkaConsumer(**(cfg | overrides))
 

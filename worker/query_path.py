@@ -34,7 +34,7 @@ from worker.relevance_table import table_entries
 from worker.shadow import ShadowScorer
 from worker.state_reader import TopicReader
 from worker.triton_client import PairScore, RelevanceClient
-from worker.vector_matrix import VectorMatrix
+from worker.vector_matrix import VectorMatrix, Weights
 
 log = structlog.get_logger()
 
@@ -155,8 +155,10 @@ class QueryProcessor:
     def _ranker_outputs(
         self, ev: QueryLog, scores: dict[str, PairScore], unknown: set[str], now: datetime
     ) -> list[Output]:
-        """The search as one `QueryScores` record, and its scored pairs into the relevance table."""
+        """The search as one `QueryScores` record (with the fusion weights that made each product's
+        embedding), and its scored pairs into the relevance table."""
         topics = self.settings.topics
+        weights = self.state.matrix(self.model_version).fusion_weights(scores)
         impressions = [
             ImpressionScore.model_validate(
                 {
@@ -164,7 +166,7 @@ class QueryProcessor:
                     "position": imp.position,
                     "clicked": imp.clicked,
                     "ordered": imp.ordered,
-                    **_score_fields(scores.get(imp.product_id)),
+                    **_score_fields(scores.get(imp.product_id), weights.get(imp.product_id)),
                 }
             )
             for imp in ev.impressions
@@ -252,8 +254,12 @@ class QueryProcessor:
             self.shadow.state.follow(timeout_ms=0)
 
 
-def _score_fields(score: PairScore | None) -> dict[str, object]:
-    """A `ProductScore`'s fields for a pair scored, or for a product without an embedding."""
+def _score_fields(score: PairScore | None, weights: Weights | None) -> dict[str, object]:
+    """A `ProductScore`'s fields for a pair scored (with the product's fusion weights when its
+    embedding record had them), or for a product without an embedding."""
     if score is None:
         return {"status": "unknown_product"}
-    return {"score": min(1.0, max(0.0, score.score)), "similarity": score.similarity, "label": score.label}
+    fields = {"score": min(1.0, max(0.0, score.score)), "similarity": score.similarity, "label": score.label}
+    if weights is not None:
+        fields["fusion_weights"] = {"title": weights[0], "image": weights[1]}
+    return fields
