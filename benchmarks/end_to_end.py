@@ -185,11 +185,12 @@ def bench_settings(broker: LocalBroker, triton: LocalTriton, tag: str) -> Settin
     )
 
 
-def start_worker(settings: Settings, path: str, log_dir: Path) -> ManagedProcess:
+def start_worker(settings: Settings, path: str, log_dir: Path, name: str = "") -> ManagedProcess:
+    label = f"worker-{path}{'-' + name if name else ''}"
     proc = ManagedProcess(
-        f"worker-{path}",
+        label,
         [sys.executable, "-m", "worker.cli", "run", "--path", path],
-        log_dir / f"worker-{path}.log",
+        log_dir / f"{label}.log",
         env=worker_env(settings),
     )
     proc.start()
@@ -243,6 +244,18 @@ def in_process_queries(model: Any, events: list[Any], vectors: dict[str, np.ndar
             _, prob = model.relevance(q, p)
             _ = [model.label(float(x)) for x in prob]
     return len(events) / (time.perf_counter() - started)
+
+
+def in_process_query_rates(
+    model: Any, events: list[Any], vectors: dict[str, np.ndarray], batch: int
+) -> dict[int, float]:
+    """`in_process_queries` at 1 and at 2 torch threads: the pipeline is compared with the faster."""
+    rates = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        rates[threads] = in_process_queries(model, events, vectors, batch)
+    torch.set_num_threads(1)
+    return rates
 
 
 def batch_sweep(
@@ -345,14 +358,12 @@ def open_loop_level(
     producer = make_producer(settings.kafka)
     n = max(20, int(rate * seconds))
     ids = [f"l{frac:.3f}-{i}" for i in range(n)]
-    impressions = 0
     start = time.perf_counter()
     for i, qid in enumerate(ids):
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
         ev = pool[i % len(pool)].model_copy(update={"query_id": qid, "event_id": qid})
-        impressions += len(ev.impressions)
         producer.send(settings.topics.query_logs, key=qid.encode(), value=ev.model_dump_json().encode())
     producer.flush()
     achieved = n / (time.perf_counter() - start)
@@ -500,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_max_events": w.batch_max_events,
             "batch_max_wait_ms": w.batch_max_wait_ms,
             "triton_max_batch": settings.triton.max_batch,
-            "torch_threads_in_process": 1,
+            "torch_threads_in_process": "1 (products, sweep); the faster of 1 and 2 (query logs)",
         },
         "triton_configs": triton_config_numbers(work / "model_repository"),
     }
@@ -572,7 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         done = wait_outputs(scores, wanted, worker, timeout_s=600)
         query_delta = metrics_delta(m0, triton_metrics(triton))
         pipe_q = steady_rate(done.values())
-        inproc_q = in_process_queries(model, events, vectors, w.batch_max_events)
+        by_threads = in_process_query_rates(model, events, vectors, w.batch_max_events)
+        threads_q = max(by_threads, key=lambda t: by_threads[t])  # the fastest in-process setting
+        inproc_q = by_threads[threads_q]
         pairs_per_event = n_pairs / len(events)
         results["queries"] = {
             "events": len(events),
@@ -580,12 +593,15 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_per_s": pipe_q,
             "pipeline_pairs_per_s": pipe_q * pairs_per_event,
             "in_process_per_s": inproc_q,
+            "in_process_threads": threads_q,
+            "in_process_per_s_by_threads": {str(t): r for t, r in by_threads.items()},
             "ratio": pipe_q / inproc_q,
             "triton": query_delta,
         }
         print(
             f"  pipeline {pipe_q:.1f} ev/s ({pipe_q * pairs_per_event:.0f} pairs/s); in-process "
-            f"{inproc_q:.1f} ev/s; ratio {pipe_q / inproc_q:.2f}",
+            f"{inproc_q:.1f} ev/s at {threads_q} torch thread(s) (by threads: "
+            f"{', '.join(f'{t}: {r:.1f}' for t, r in by_threads.items())}); ratio {pipe_q / inproc_q:.2f}",
             flush=True,
         )
         print_metrics("query path", query_delta)
@@ -766,7 +782,8 @@ def summary_markdown(r: dict[str, Any]) -> str:
         "| measure | pipeline | in-process | ratio | goal |",
         "| --- | ---: | ---: | ---: | --- |",
         f"| query logs, events/s ({q['pairs'] / q['events']:.1f} pairs each) | {q['pipeline_per_s']:.1f} | "
-        f"{q['in_process_per_s']:.1f} | **{q['ratio']:.2f}** | >= 0.8 |",
+        f"{q['in_process_per_s']:.1f} ({q.get('in_process_threads', 1)} thread(s), the faster of 1 and 2) | "
+        f"**{q['ratio']:.2f}** | >= 0.9 |",
         f"| product upserts vs raw image encoder, /s | {p['pipeline_per_s']:.1f} | "
         f"{p['in_process_raw_image_encoder_per_s']:.1f} | "
         f"**{p['ratio_vs_raw_image_encoder']:.2f}** | >= 0.9 |",
@@ -789,8 +806,9 @@ def summary_markdown(r: dict[str, Any]) -> str:
     half = r.get("p99_at_half_peak_ms")
     lines += [
         "",
-        f"p99 crosses 50 ms at: {where}. p99 at half of peak: "
-        + (f"{half:.0f} ms (goal <= 50 ms)." if half is not None else "not measured."),
+        "p99 at half of peak: "
+        + (f"{half:.0f} ms (goal <= 500 ms, #18)." if half is not None else "not measured.")
+        + f" p99 crosses 50 ms at: {where}.",
         "",
     ]
     if "batch_sweep" in r:

@@ -12,12 +12,24 @@ are counted per distinct query of a batch in `querylife_query_cache_total{outcom
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Protocol
 
 import numpy as np
 
 from schemas.ranker import normalise_query
 from worker.observability import QUERY_CACHE
-from worker.triton_client import PairScore, RelevanceClient
+from worker.triton_client import PairScore
+
+
+class QueryScorer(Protocol):
+    """The two steps of `query_relevance`: a `RelevanceClient`, or the in-process model in a benchmark
+    that gives it the very same cache."""
+
+    def query_embeddings(self, queries: list[str]) -> np.ndarray: ...
+
+    def pair_relevance(
+        self, query_embeddings: np.ndarray, product_embeddings: np.ndarray
+    ) -> list[PairScore]: ...
 
 
 class QueryEmbeddingCache:
@@ -29,7 +41,7 @@ class QueryEmbeddingCache:
         self.max_entries = max_entries
         self.entries: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def embeddings(self, client: RelevanceClient, queries: list[str]) -> np.ndarray:
+    def embeddings(self, client: QueryScorer, queries: list[str]) -> np.ndarray:
         """[n, D] query embeddings, encoding only the distinct queries not cached yet."""
         keys = [normalise_query(q) for q in queries]
         missing: dict[str, str] = {}
@@ -51,7 +63,7 @@ class QueryEmbeddingCache:
                 self.entries.popitem(last=False)
         return np.stack([found[k] for k in keys]) if keys else np.empty((0, 0), dtype=np.float32)
 
-    def scores(self, client: RelevanceClient, queries: list[str], products: np.ndarray) -> list[PairScore]:
+    def scores(self, client: QueryScorer, queries: list[str], products: np.ndarray) -> list[PairScore]:
         """Row-wise: pair i is (queries[i], products[i]), as `client.query_relevance` computes it."""
         if not queries:
             return []
