@@ -319,3 +319,24 @@ def test_unknown_products_are_not_waited_for_once_caught_up(broker) -> None:  # 
     assert state.wait_for({"p1", "never-embedded"}, wait_s=20.0, version=SERVED) == {"never-embedded"}
     assert time.monotonic() - started < 10.0, "waited although the state had reached its end"
     state.close()
+
+
+def test_a_wait_follows_to_the_end_offsets_and_a_backlog_pays_one_check(broker) -> None:  # type: ignore[no-untyped-def]
+    """An embedding written before the query logs is waited for (the state reads to the end it has
+    now); once the state was seen at the end after the logs were written, later batches of the same
+    backlog do not check again, so an embedding written after those logs is not waited for."""
+    settings = make_settings(broker, model_version=SERVED)
+    create_topics(settings)
+    _fill(settings, 50, seed=8)
+    state = loaded(settings)
+    rng = np.random.default_rng(9)
+    send(settings, [("late", v2("late", unit(rng)))])  # written after the load, before the "logs"
+    logs_written_ms = int(time.time() * 1000)
+    time.sleep(0.01)  # the check starts in a later millisecond than the logs' CreateTime
+    assert state.wait_for({"late", "never"}, 20.0, SERVED, written_before_ms=logs_written_ms) == {"never"}
+    send(settings, [("after", v2("after", unit(rng)))])  # written after the backlog's logs
+    assert state.wait_for({"after"}, 20.0, SERVED, written_before_ms=logs_written_ms) == {"after"}
+    assert "after" not in state.matrix(SERVED)  # not even followed: no check was due
+    # a log written after the last check is checked again: the state follows to the end it sees now
+    assert state.wait_for({"after"}, 20.0, SERVED, written_before_ms=int(time.time() * 1000) + 1) == set()
+    state.close()

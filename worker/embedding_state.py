@@ -50,12 +50,7 @@ from worker.vector_matrix import VectorMatrix, Weights
 log = structlog.get_logger()
 
 _MODEL_VERSION = re.compile(MODEL_VERSION_PATTERN)
-DEFAULT_DELETE_RETENTION_MS = 86_400_000
-CAUGHT_UP_QUIET_S = 0.2
-"""How long the state must bring nothing new, and not be behind, before a wait for unknown products
-ends: several fetch round trips, so a record written just before the query log is still seen even
-when the broker is slow to answer; a batch naming products nobody embedded pays this, not the
-full `QL_WORKER_UNKNOWN_PRODUCT_WAIT_S`."""  # Kafka's default delete.retention.ms (1 day)
+DEFAULT_DELETE_RETENTION_MS = 86_400_000  # Kafka's default delete.retention.ms (1 day)
 
 
 class EmbeddingState:
@@ -76,6 +71,7 @@ class EmbeddingState:
         self.changes = 0  # records applied so far: whether the catalogue moved since a point in time
         self.restored = False  # whether the last load started from a snapshot
         self._snapshot_at = time.monotonic()
+        self._caught_up_at_ms = 0  # wall clock (ms) at which the state was last seen reaching the end
 
     # ------------------------------------------------------------------ reading
     def matrix(self, version: str) -> VectorMatrix:
@@ -131,24 +127,32 @@ class EmbeddingState:
             self._publish_sizes()
         return applied
 
-    def wait_for(self, product_ids: set[str], wait_s: float, version: str) -> set[str]:
+    def wait_for(
+        self, product_ids: set[str], wait_s: float, version: str, written_before_ms: int | None = None
+    ) -> set[str]:
         """The ids still unknown in `version` after following the state while it is behind (<= `wait_s`).
 
-        A product with no embedding is waited for only while the reader has records left to apply:
-        once it has reached the end it saw, waiting cannot help (deleted products, failed images,
-        products never embedded), and a batch naming one must not pay `wait_s` every time.
+        A product with no embedding is waited for only while the reader is behind the end offsets
+        the topic has now: once it has reached them, waiting cannot help (deleted products, failed
+        images, products never embedded), and a batch naming one must not pay `wait_s` every time.
+        `written_before_ms` (the newest input's CreateTime): if the state was already seen at the end
+        after that, every embedding written before the inputs is applied, and nothing is waited for
+        (a backlog pays one check, not one per batch).
         """
         matrix = self.matrices[version]
         missing = {pid for pid in product_ids if pid not in matrix}
-        quiet_since = time.monotonic()
-        deadline = quiet_since + wait_s
+        if not missing or (written_before_ms is not None and written_before_ms < self._caught_up_at_ms):
+            return missing
+        checked_at_ms = int(time.time() * 1000)
+        end = self.reader.end_offsets()
+        deadline = time.monotonic() + wait_s
         while missing and time.monotonic() < deadline:
-            # a poll returns as soon as records arrive, else after 50 ms (a fetch round trip is
-            # fetch_max_wait_ms = 20 ms); fetches also refresh the high watermarks `behind` reads
-            if self.follow(timeout_ms=50):
-                quiet_since = time.monotonic()
+            # one fetch round trip at least (fetch_max_wait_ms): it also brings the high watermarks,
+            # which `reached` takes when higher (Tansu's ListOffsets can be one batch short)
+            self.follow(timeout_ms=50)
             missing = {pid for pid in missing if pid not in matrix}
-            if not self.reader.behind() and time.monotonic() - quiet_since >= CAUGHT_UP_QUIET_S:
+            if self.reader.reached(end):
+                self._caught_up_at_ms = checked_at_ms
                 break  # caught up: waiting longer cannot bring an embedding nobody has written
         # following may also have removed products known at the start (tombstones, rejected records)
         return {pid for pid in product_ids if pid not in matrix}

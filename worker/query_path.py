@@ -74,7 +74,10 @@ class QueryProcessor:
         outputs, events = self._decode(records)
         shown = {imp.product_id for _, ev in events for imp in ev.impressions}
         matrix = self.state.matrix(self.model_version)  # only this version's embeddings: never mixed
-        unknown = self.state.wait_for(shown, self.settings.worker.unknown_product_wait_s, self.model_version)
+        newest_ms = max((rec.timestamp for rec, _ in events), default=None)  # CreateTime of the newest log
+        unknown = self.state.wait_for(
+            shown, self.settings.worker.unknown_product_wait_s, self.model_version, newest_ms
+        )
         if unknown:
             log.warning("unknown_products", count=len(unknown), sample=sorted(unknown)[:5])
         now = datetime.now(UTC)

@@ -54,17 +54,18 @@ class TopicReader:
             if tp.partition in offsets:
                 self.consumer.seek(tp, offsets[tp.partition])
 
-    def behind(self) -> bool:
-        """Whether a partition's position is below the high watermark its last fetch reported.
+    def end_offsets(self) -> dict[TopicPartition, int]:
+        """The topic's end offsets now (one ListOffsets round trip): what was written before this call."""
+        return dict(self.consumer.end_offsets(self.partitions))
 
-        Only what the reader has seen: a record written after the last fetch does not count until
-        the next poll brings its watermark.
-        """
+    def reached(self, end: dict[TopicPartition, int]) -> bool:
+        """Whether every partition's position is at `end` and at the high watermark of its last fetch
+        (Tansu answers ListOffsets one batch short of the log end; the fetch's watermark is right)."""
         for tp in self.partitions:
-            high = self.consumer.highwater(tp)
-            if high is not None and self.consumer.position(tp) < high:
-                return True
-        return False
+            high = max(end.get(tp, 0), self.consumer.highwater(tp) or 0)
+            if self.consumer.position(tp) < high:
+                return False
+        return True
 
     def positions(self) -> dict[int, int]:
         return {tp.partition: self.consumer.position(tp) for tp in self.partitions}
