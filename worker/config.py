@@ -250,9 +250,9 @@ class WorkerSettings(BaseSettings):
     # passed its end by this much, and a later event for it is `late_event` (it never reopens it).
     event_time_grace_s: float = Field(default=3600.0, gt=0)
     unknown_product_wait_s: float = 2.0
-    # Query embeddings kept by the query path, by normalised text (worker/query_cache.py); 0: off,
-    # every batch's queries go through the `query_relevance` ensemble
-    query_cache_size: int = Field(default=0, ge=0, le=10_000_000)
+    # Query embeddings kept by the query path, by normalised text (worker/query_cache.py; ~1 KB each,
+    # so 20 MB by default); 0: off, every batch's queries go through the `query_relevance` ensemble
+    query_cache_size: int = Field(default=20_000, ge=0, le=10_000_000)
     # Cap of the backoff while a path waits at start for Triton, Kafka or its topics (topic-init may
     # run after the workers); below /healthz's 60 s silence limit, since a waiting worker is alive.
     startup_retry_max_s: float = Field(default=10.0, gt=0, le=30)
