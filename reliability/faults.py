@@ -59,6 +59,7 @@ from worker.kafka_io import MAX_INPUT_RECORD_BYTES, create_topics, make_consumer
 REPO = Path(__file__).resolve().parents[1]
 DATA = catalogue_dir()  # the full catalogue (flag-free: $QUERYLIFE_DATA or ../shared)
 S3_SETTLE_S = 5.0  # how long a read of a topic on Tansu's s3 engine waits for stragglers
+S3_FETCH_MAX_WAIT_MS = 500  # Kafka's default; on Tansu's s3 engine it also bounds a fetch's object listing
 SCORE_TOLERANCE = 1e-5  # replays may batch differently in Triton: float noise, not a different value
 
 
@@ -273,8 +274,8 @@ def read_records(
     settings: Settings, topic: str, timeout_s: float = 120.0, settle_s: float = 0.6
 ) -> list[ConsumerRecord]:
     """Every record of a topic (duplicates included): up to its end offsets, then on until nothing
-    has arrived for `settle_s`. Tansu's s3 engine under-reports end offsets and answers fetches
-    slowly, so the broker-restart scenario reads with a longer `settle_s`."""
+    has arrived for `settle_s`. Tansu's s3 engine under-reports end offsets, so the broker-restart
+    scenario reads with a longer `settle_s` (and its settings' fetch wait, S3_FETCH_MAX_WAIT_MS)."""
     consumer = make_consumer(settings.kafka, None, max_poll_records=5000)
     try:
         parts = consumer.partitions_for_topic(topic) or set()
@@ -851,6 +852,9 @@ def scenario_broker_restart(stack: Stack, sizes: Sizes, seed: int = 5) -> Scenar
     broker = LocalBroker(port=port, log_dir=stack.log_dir / f"broker-{port}", store=store).start()
     settings = fresh_settings(broker.bootstrap, stack.triton.grpc_url)
     settings.kafka.request_timeout_ms = 10_000
+    # the worker's and the readers' fetches: Tansu's s3 engine stops listing a partition's objects when
+    # the fetch's max wait runs out, so a 20 ms wait against a slower LIST sees no batch past the first
+    settings.kafka.fetch_max_wait_ms = S3_FETCH_MAX_WAIT_MS
     w = WorkerProcess(settings, "query", stack.log_dir, f"brk-{settings.worker.name}")
     with timed(result, lambda: [w]):
         events = seeded_query_logs(stack, settings, sizes.restart_events, seed, f"x{seed}")
