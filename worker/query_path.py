@@ -30,7 +30,7 @@ from worker.isolation import Isolator, Poison
 from worker.observability import TRITON_LATENCY, UNKNOWN_PRODUCTS
 from worker.outputs import Output, dead_letter
 from worker.query_cache import QueryEmbeddingCache
-from worker.relevance_table import table_entries
+from worker.relevance_table import RecentRows, table_entries
 from worker.shadow import ShadowScorer
 from worker.state_reader import TopicReader
 from worker.triton_client import PairScore, RelevanceClient
@@ -61,6 +61,8 @@ class QueryProcessor:
         self.head = HeadQueries(settings.worker, client, state)
         size = settings.worker.query_cache_size
         self.cache = QueryEmbeddingCache(size) if size else None
+        rewrite_s = settings.worker.table_rewrite_s
+        self.recent_rows = RecentRows(rewrite_s) if rewrite_s > 0 else None
         worker = settings.worker
         self.ab = UnitAggregator(
             worker.ab_window_s, worker.event_time_grace_s, load_experiments(worker.experiments_file)
@@ -192,7 +194,8 @@ class QueryProcessor:
             impressions=impressions,
             scored_at=now,
         )
-        table = table_entries(topics.relevance_table, self.model_version, ev.query, scores, "impression", now)
+        table_topic, version, recent = topics.relevance_table, self.model_version, self.recent_rows
+        table = table_entries(table_topic, version, ev.query, scores, "impression", now, recent=recent)
         return [Output(topics.query_scores, record.key(), encode(record)), *table]
 
     def _ab_outputs(self, counted: list[tuple[ConsumerRecord, QueryLog, dict[str, float]]]) -> list[Output]:

@@ -5,20 +5,50 @@ key `[model_version, normalised query, product_id]` keeps one record per pair, a
 scored again within the retention expires, so the table stays bounded by what is actually asked.
 Three writers: impressions of query logs (`impression`), candidates asked for (`request`), and the
 top-K of head queries over the whole catalogue (`top_k`, with its rank).
+
+Head queries show the same products search after search: rewriting an unchanged pair on every search
+would be most of the table's traffic and of the query path's publishing. `RecentRows` remembers what
+this worker wrote lately; a pair whose score has not changed is written again only after
+`QL_WORKER_TABLE_REWRITE_S` (its `scored_at` and its place in the 30-day retention refresh then).
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal
 
 from schemas import encode
-from schemas.ranker import RelevanceEntry, normalise_query
+from schemas.ranker import RelevanceEntry, normalise_query, table_key
 from worker.outputs import Output
 from worker.triton_client import PairScore
 
 Source = Literal["impression", "top_k", "request"]
+MAX_RECENT_ROWS = 200_000
+"""Pairs remembered (least recently written leave first): ~30 MB, the head of a query stream."""
+SAME_SCORE = 1e-6  # Triton may batch a pair differently: the last float bits are not a change
+
+
+class RecentRows:
+    """The table rows this worker wrote lately, by key: (score, when written)."""
+
+    def __init__(self, rewrite_s: float, max_rows: int = MAX_RECENT_ROWS) -> None:
+        self.rewrite_s, self.max_rows = rewrite_s, max_rows
+        self.rows: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+
+    def due(self, key: bytes, score: float) -> bool:
+        """Whether the row must be written: new here, its score changed, or last written too long ago."""
+        now = time.monotonic()
+        last = self.rows.get(key)
+        if last is not None and abs(last[0] - score) <= SAME_SCORE and now - last[1] < self.rewrite_s:
+            return False
+        self.rows[key] = (score, now)
+        self.rows.move_to_end(key)
+        if len(self.rows) > self.max_rows:
+            self.rows.popitem(last=False)
+        return True
 
 
 def table_entries(
@@ -29,13 +59,17 @@ def table_entries(
     source: Source,
     now: datetime,
     ranks: Mapping[str, int] | None = None,
+    recent: RecentRows | None = None,
 ) -> list[Output]:
-    """One table record per scored product of one query."""
+    """One table record per scored product of one query (unless `recent` wrote the same lately)."""
     normalised = normalise_query(query)
     if not normalised:
         return []
     outputs = []
     for product_id, score in scores.items():
+        key = table_key(model_version, normalised, product_id)
+        if recent is not None and not recent.due(key, score.score):
+            continue
         entry = RelevanceEntry.model_validate(
             {
                 "model_version": model_version,
