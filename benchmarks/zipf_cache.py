@@ -2,7 +2,8 @@
 through the in-process model, side by side in one run on the local broker and Triton.
 
 The stream draws each query log's query from `--distinct` queries with Zipf exponent 1.0 (rank r is
-asked with weight 1/r), 10 impressions each over random products of the state. One run measures:
+asked with weight 1/r), 10 impressions each: the query's own result list, the same each time it is
+asked, with 2 of 10 positions on average given to other products (`results_for`). One run measures:
 
 1. the pipeline (Kafka -> query worker -> Triton -> Kafka) without the query-embedding cache
    (`QL_WORKER_QUERY_CACHE_SIZE=0`) and with it: query logs/s of each, the cache's speed-up and hit
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,13 +88,25 @@ def zipf_queries(n_logs: int, distinct: int, seed: int = 0) -> list[str]:
     return [texts[int(i)] for i in picks]
 
 
+def results_for(query: str, ids: list[str], rng: np.random.Generator, swapped: float = 0.2) -> list[str]:
+    """The 10 products a search shows: the query's own result list (the same each time it is asked,
+    seeded by the query text) with `swapped` of the positions given to other products of the state
+    (new products, personalisation, ranking changes)."""
+    own = np.random.default_rng(zlib.crc32(query.encode())).choice(len(ids), 10, replace=False)
+    shown: list[str] = []
+    for i in own:
+        pick = ids[int(rng.integers(len(ids)))] if rng.random() < swapped else ids[int(i)]
+        shown.append(pick if pick not in shown else ids[int(i)])
+    return list(dict.fromkeys(shown))
+
+
 def make_logs(queries: list[str], ids: list[str], tag: str, unknown_share: float = 0.0) -> list[QueryLog]:
     """One query log per query, 10 random products shown; `unknown_share` of the impressions name a
     product that has no embedding (deleted, never embedded, image refused)."""
     rng = np.random.default_rng(1)
     logs = []
     for n, query in enumerate(queries):
-        shown = [ids[int(i)] for i in rng.choice(len(ids), 10, replace=False)]
+        shown = results_for(query, ids, rng)
         shown = [
             f"gone-{tag}-{n}-{k}" if rng.random() < unknown_share else pid for k, pid in enumerate(shown)
         ]
