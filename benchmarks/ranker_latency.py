@@ -38,6 +38,7 @@ from schemas import FusionWeights, Impression, ProductEmbeddingV2, QueryLog, enc
 from schemas.ranker import ScoreRequest, normalise_query, table_key
 from worker.config import Settings
 from worker.kafka_io import create_topics, make_producer
+from worker.triton_client import RelevanceClient
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "bench" / "ranker_latency.json"
 CANDIDATES = 20
@@ -156,6 +157,31 @@ def request_levels(
     return out
 
 
+def triton_breakdown(settings: Settings, calls: int = 40) -> dict[str, float]:
+    """p50 ms of the Triton calls behind one request of 20 candidates, while the workers idle: where
+    a request's time goes (the ensemble, or the cache's two steps)."""
+    client = RelevanceClient(settings.triton, settings.worker.model_version)
+    rng = np.random.default_rng(1)
+    products = rng.standard_normal((CANDIDATES, DIM)).astype(np.float32)
+    query = ["black cotton tshirt"]
+    embedded = np.repeat(client.query_embeddings(query), CANDIDATES, axis=0)
+    steps: dict[str, Callable[[], object]] = {
+        "query_relevance (ensemble)": lambda: client.query_relevance(query * CANDIDATES, products),
+        "text_encoder (1 query)": lambda: client.query_embeddings(query),
+        "relevance (20 pairs)": lambda: client.pair_relevance(embedded, products),
+    }
+    out: dict[str, float] = {}
+    for name, step in steps.items():
+        took = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            step()
+            took.append((time.perf_counter() - t) * 1000)
+        out[f"{name} p50_ms"] = float(np.percentile(took, 50))
+    client.close()
+    return out
+
+
 def summary(lat: list[float]) -> dict[str, float]:
     a = np.asarray(lat)
     return {f"p{p}_ms": float(np.percentile(a, p)) for p in (50, 95, 99)} | {"n": float(len(a))}
@@ -193,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 settings, topics.score_requests, make, rate, count, req_in, replies, workers[0], linger_ms=0
             )
 
+        results["triton_breakdown"] = triton_breakdown(settings)
+        print(f"Triton, one request's calls: {results['triton_breakdown']}", flush=True)
         requests_at("head-warm", None, 50)  # every head query asked once: the cache holds them all
         for mix in MIXES:
             results[mix] = request_levels(requests_at, mix, burst, seconds)
