@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from prometheus_client import REGISTRY
 
 from harness.local_services import LocalBroker, LocalTriton
 from schemas import (
@@ -128,6 +129,25 @@ def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTrito
             assert answer.fusion_weights == WEIGHTS[answer.product_id]
         assert replies[b"ranker-2"].status == "expired" and replies[b"ranker-2"].scores == []
         assert b"ranker-3" not in replies
+
+        # asked again (another spelling, one normalised form): now encoded once and kept, same scores
+        encoded = REGISTRY.get_sample_value("querylife_query_cache_total", {"outcome": "miss"}) or 0.0
+        again = ScoreRequest(
+            request_id="r-again",
+            reply_key="ranker-4",
+            query=query.upper(),
+            sent_at=datetime.now(UTC),
+            timeout_ms=60_000,
+            candidates=list(TITLES),
+        )
+        producer.send(topics.score_requests, key=b"ranker-4", value=encode(again))
+        producer.flush(10)
+        wait_until("the second reply", lambda: b"ranker-4" in latest(settings, topics.score_replies))
+        second = decode_event(ScoreReply, latest(settings, topics.score_replies)[b"ranker-4"] or b"")
+        assert second.status == "ok" and [a.product_id for a in second.scores] == list(TITLES)
+        for answer in second.scores:
+            assert abs((answer.score or 0.0) - expected[answer.product_id].score) < 1e-5
+        assert REGISTRY.get_sample_value("querylife_query_cache_total", {"outcome": "miss"}) == encoded + 1
 
         wait_until("the query's record", lambda: b"q-1" in latest(settings, topics.query_scores))
         scored = decode_event(QueryScores, latest(settings, topics.query_scores)[b"q-1"] or b"")
