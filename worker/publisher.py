@@ -1,7 +1,9 @@
 """Publishing a batch's outputs: produce all, flush, check every ack; retry the whole set until acked.
 
 Two steps so the loop can overlap them with the next batch's Triton call: `send` hands every output to
-the producer (its I/O thread ships them while the loop works on), `confirm` waits for the acks.
+the producer from the publisher's own thread (kafka-python serialises, partitions and appends each
+record in pure Python, ~0.2 ms a record: that work runs while the loop's thread waits on Triton, which
+releases the GIL), `confirm` waits for that hand-over and for the acks.
 Outputs are idempotent by key, so re-sending a whole set after a failure only overwrites. A producer
 that keeps failing is replaced: kafka-python's idempotent producer can be left in a fatal state (its
 producer id unknown to a restarted broker) in which every send fails.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import structlog
@@ -30,12 +33,15 @@ REPLACE_AFTER_FAILURES = 3
 """Failed publishes in a row after which the producer is replaced by a fresh one."""
 
 
+Acks = list[tuple[str, FutureRecordMetadata]]
+
+
 @dataclass
 class Sent:
-    """A batch's outputs handed to the producer; `futures` None if handing them over failed."""
+    """A batch's outputs being handed to the producer; `handed` gives their acks' futures."""
 
     outputs: list[Output]
-    futures: list[tuple[str, FutureRecordMetadata]] | None
+    handed: Future[Acks]
 
 
 class Publisher:
@@ -54,23 +60,20 @@ class Publisher:
         self.path = path
         self.wait = wait  # how to wait between tries (the loop's paused polls)
         self.backoff = backoff
+        # one thread: a batch is handed over whole, in order, and only after the one before was acked
+        self._hands = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"publish-{path}")
 
     def send(self, outputs: list[Output]) -> Sent:
-        """Hand every output to the producer without waiting for acks (`confirm` waits)."""
-        try:
-            return Sent(outputs, self._hand_over(outputs))
-        except KafkaError as exc:
-            log.warning("send_failed", path=self.path, error=str(exc)[:200])
-            return Sent(outputs, None)
+        """Start handing every output to the producer, in the publisher's thread (`confirm` waits)."""
+        return Sent(outputs, self._hands.submit(self._hand_over, outputs))
 
     def confirm(self, sent: Sent, give_up: Callable[[], bool]) -> bool:
         """True once every output of `sent` is acknowledged, re-publishing the set if a send failed."""
-        if sent.futures is not None:
-            try:
-                self._await(sent.futures)
-                return True
-            except KafkaError as exc:
-                log.warning("publish_failed", path=self.path, error=str(exc)[:200], retry_in_s=0)
+        try:
+            self._await(sent.handed.result())
+            return True
+        except KafkaError as exc:
+            log.warning("publish_failed", path=self.path, error=str(exc)[:200], retry_in_s=0)
         return self.publish(sent.outputs, give_up)
 
     def publish(self, outputs: list[Output], give_up: Callable[[], bool]) -> bool:
@@ -91,10 +94,10 @@ class Publisher:
                     self._replace_producer()
                 self.wait(delay)
 
-    def _hand_over(self, outputs: list[Output]) -> list[tuple[str, FutureRecordMetadata]]:
+    def _hand_over(self, outputs: list[Output]) -> Acks:
         return [(out.topic, self.producer.send(out.topic, key=out.key, value=out.value)) for out in outputs]
 
-    def _await(self, futures: list[tuple[str, FutureRecordMetadata]]) -> None:
+    def _await(self, futures: Acks) -> None:
         self.producer.flush(timeout=self.kafka.request_timeout_ms / 1000)
         for topic, fut in futures:
             fut.get(timeout=1)
@@ -112,4 +115,5 @@ class Publisher:
         log.warning("producer_recreated", path=self.path)
 
     def close(self, timeout_s: float = 10.0) -> None:
+        self._hands.shutdown(wait=True)  # the loop settled its last batch: nothing is being handed over
         self.producer.close(timeout=timeout_s)
