@@ -170,6 +170,7 @@ class ConsumerLoop:
                     retry_in_s=round(delay, 2),
                     error=str(exc)[:200],
                 )
+                self._settle(stop)  # the batch before is not held uncommitted through an outage
                 self.pausing.wait(delay)
                 records = self.pausing.drop_held(records)
         return None
