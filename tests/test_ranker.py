@@ -130,8 +130,8 @@ def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTrito
         assert replies[b"ranker-2"].status == "expired" and replies[b"ranker-2"].scores == []
         assert b"ranker-3" not in replies
 
-        # asked again (another spelling, one normalised form): now encoded once and kept, same scores
-        encoded = REGISTRY.get_sample_value("querylife_query_cache_total", {"outcome": "miss"}) or 0.0
+        # asked again (another spelling, one normalised form): its embedding is kept, same scores
+        cached = REGISTRY.get_sample_value("querylife_query_cache_total", {"outcome": "hit"}) or 0.0
         again = ScoreRequest(
             request_id="r-again",
             reply_key="ranker-4",
@@ -147,7 +147,7 @@ def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTrito
         assert second.status == "ok" and [a.product_id for a in second.scores] == list(TITLES)
         for answer in second.scores:
             assert abs((answer.score or 0.0) - expected[answer.product_id].score) < 1e-5
-        assert REGISTRY.get_sample_value("querylife_query_cache_total", {"outcome": "miss"}) == encoded + 1
+        assert REGISTRY.get_sample_value("querylife_query_cache_total", {"outcome": "hit"}) == cached + 1
 
         wait_until("the query's record", lambda: b"q-1" in latest(settings, topics.query_scores))
         scored = decode_event(QueryScores, latest(settings, topics.query_scores)[b"q-1"] or b"")

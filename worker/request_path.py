@@ -11,12 +11,11 @@ run. Each scored candidate also refreshes the relevance table (`source=request`)
 
 Latency over batching: the request path polls with `QL_WORKER_REQUEST_BATCH_MAX_WAIT_MS` (default 5 ms)
 and never waits for the embedding state to catch up. The text tower is most of a request's Triton
-time (~17 of ~20 ms for one query on a CPU core, measured), and a ranker asks about the same head
-queries again and again: with `QL_WORKER_REQUEST_QUERY_CACHE_SIZE` > 0 (default 10,000 queries, ~10 MB)
-a query asked a second time is encoded once and kept, and its pairs are scored by the version's
-`relevance` model (`worker.query_cache`; the same scores as the ensemble); a batch of queries never
-asked before takes the ensemble, one round trip. A batch's replies are handed to the
-producer before its table rows, so no reply waits behind another request's rows. The state is
+time (text_encoder 16-18 of the ensemble's 19-21 ms: `benchmarks.ranker_latency`), and a ranker asks
+about the same head queries again and again: with `QL_WORKER_REQUEST_QUERY_CACHE_SIZE` > 0 (default
+10,000 queries, ~10 MB) a query is encoded once and kept, and its pairs are scored by the version's
+`relevance` model (`worker.query_cache`; the same scores as the ensemble). A batch's replies are
+handed to the producer before its table rows, so no reply waits behind another request's rows. The state is
 followed at most every `FOLLOW_EVERY_S` (100 ms): each follow costs 1.3-2.3 ms of kafka-python
 (profiled), which every batch and every idle poll paid before. The price: a product embedded in the
 last 100 ms may still be answered `unknown_product` (the path never waited for the state anyway).
@@ -25,7 +24,6 @@ last 100 ms may still be answered `unknown_product` (the path never waited for t
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -34,7 +32,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from schemas import EventError, encode
-from schemas.ranker import ProductScore, ScoreReply, ScoreRequest, normalise_query
+from schemas.ranker import ProductScore, ScoreReply, ScoreRequest
 from worker.config import Settings
 from worker.embedding_state import EmbeddingState
 from worker.inputs import decode_input
@@ -62,7 +60,6 @@ class RequestProcessor:
             raise ValueError(f"state of {state.version} given to a request path of {self.model_version}")
         size = settings.worker.request_query_cache_size
         self.cache = QueryEmbeddingCache(size) if size else None
-        self.seen: OrderedDict[str, None] = OrderedDict()  # queries asked once, not encoded (yet)
         self._followed_at = 0.0
 
     def process(self, records: Sequence[ConsumerRecord]) -> list[Output]:
@@ -121,19 +118,11 @@ class RequestProcessor:
         return out
 
     def _relevance(self, queries: list[str], products: np.ndarray) -> list[PairScore]:
-        """Row-wise scores. A batch whose queries were all never asked before goes through the ensemble
-        (one round trip, ~5 ms less than encoding then scoring); once a query comes again, the cache's
-        two steps encode it and keep its embedding, so a one-off query never costs a second trip."""
+        """Row-wise scores: the ensemble, or the cache's two steps (a new query costs about the same:
+        text_encoder then relevance vs the ensemble, see `benchmarks.ranker_latency`'s breakdown)."""
         if self.cache is None:
             return self.client.query_relevance(queries, products)
-        keys = {normalise_query(q) for q in queries}
-        if any(k in self.cache.entries or k in self.seen for k in keys):
-            return self.cache.scores(self.client, queries, products)
-        for key in keys:
-            self.seen[key] = None
-        while len(self.seen) > self.cache.max_entries:
-            self.seen.popitem(last=False)
-        return self.client.query_relevance(queries, products)
+        return self.cache.scores(self.client, queries, products)
 
     @staticmethod
     def _answer(product_id: str, score: PairScore | None, weights: Weights | None) -> ProductScore:
