@@ -11,7 +11,7 @@ run. Each scored candidate also refreshes the relevance table (`source=request`)
 
 Latency over batching: the request path polls with `QL_WORKER_REQUEST_BATCH_MAX_WAIT_MS` (default 5 ms)
 and never waits for the embedding state to catch up. The text tower is most of a request's Triton
-time (text_encoder 16-18 of the ensemble's 19-21 ms: `benchmarks.ranker_latency`), and a ranker asks
+time (text_encoder 16-18 ms, the ensemble 19-32 ms: `benchmarks.ranker_latency`), and a ranker asks
 about the same head queries again and again: with `QL_WORKER_REQUEST_QUERY_CACHE_SIZE` > 0 (default
 10,000 queries, ~10 MB) a query is encoded once and kept, and its pairs are scored by the version's
 `relevance` model (`worker.query_cache`; the same scores as the ensemble). A batch's replies are
