@@ -124,7 +124,7 @@ def test_matrix_keeps_fusion_weights_beside_vectors() -> None:
     assert m.fusion_weights(["a", "c"]) == {}
     m.put("b", unit(rng), (1.0, 0.0))  # an update replaces them
     assert m.fusion_weights(["b"]) == {"b": (1.0, 0.0)}
-    assert m.nbytes == BLOCK_ROWS * (DIM * 2 + 2 * 4)  # float16 vectors + two float32 weights a row
+    assert (m.nbytes, m.weights_nbytes) == (BLOCK_ROWS * DIM * 2, BLOCK_ROWS * 2 * 4)  # float16, 2 float32
 
 
 # --------------------------------------------------------------------------- on the broker

@@ -42,8 +42,13 @@ class VectorMatrix:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of vector and weight storage allocated (ids not included)."""
-        return sum(block.nbytes for block in self.blocks) + sum(w.nbytes for w in self.weights)
+        """Bytes of vector storage allocated (ids and weights not included)."""
+        return sum(block.nbytes for block in self.blocks)
+
+    @property
+    def weights_nbytes(self) -> int:
+        """Bytes of fusion-weight storage allocated (8 a row)."""
+        return sum(w.nbytes for w in self.weights)
 
     def put(self, product_id: str, vector: np.ndarray, weights: Weights | None = None) -> None:
         """Insert or overwrite one product's vector (any float dtype; converted on assignment) and the
