@@ -46,7 +46,9 @@ class KafkaSettings(BaseSettings):
     request_timeout_ms: int = 30_000
     # How long the broker may hold a consumer's fetch when it has nothing new (Tansu holds it that
     # long even if records arrive meanwhile): the wait a record can add before a consumer sees it.
-    # The request worker runs with 5 (a ranker is waiting; docs/deploying.md)
+    # The request worker runs with 5 (a ranker is waiting; docs/deploying.md). On Tansu's s3 engine it
+    # must exceed the object store's listing time, or fetches return one batch or none (500 there;
+    # docs/reliability.md "broker_restart")
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=500)
 
     @model_validator(mode="after")
