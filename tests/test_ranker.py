@@ -166,6 +166,7 @@ def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTrito
             key = table_key(SERVED_VERSION, normalise_query(query), pid)
             entry = decode_event(RelevanceEntry, table[key] or b"")
             assert entry.model_version == SERVED_VERSION and entry.source in {"impression", "request"}
+            assert entry.fusion_weights == WEIGHTS[pid]
             assert abs(entry.score - expected[pid].score) < 1e-5
         assert table_key(SERVED_VERSION, normalise_query(query), "never-embedded") not in table
 

@@ -195,7 +195,9 @@ class QueryProcessor:
             scored_at=now,
         )
         table_topic, version, recent = topics.relevance_table, self.model_version, self.recent_rows
-        table = table_entries(table_topic, version, ev.query, scores, "impression", now, recent=recent)
+        table = table_entries(
+            table_topic, version, ev.query, scores, "impression", now, recent=recent, weights=weights
+        )
         return [Output(topics.query_scores, record.key(), encode(record)), *table]
 
     def _ab_outputs(self, counted: list[tuple[ConsumerRecord, QueryLog, dict[str, float]]]) -> list[Output]:

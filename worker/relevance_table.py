@@ -24,6 +24,7 @@ from schemas import encode
 from schemas.ranker import RelevanceEntry, normalise_query, table_key
 from worker.outputs import Output
 from worker.triton_client import PairScore
+from worker.vector_matrix import Weights
 
 Source = Literal["impression", "top_k", "request"]
 MAX_RECENT_ROWS = 200_000
@@ -60,8 +61,10 @@ def table_entries(
     now: datetime,
     ranks: Mapping[str, int] | None = None,
     recent: RecentRows | None = None,
+    weights: Mapping[str, Weights] | None = None,
 ) -> list[Output]:
-    """One table record per scored product of one query (unless `recent` wrote the same lately)."""
+    """One table record per scored product of one query (unless `recent` wrote the same lately), with
+    the fusion weights of the product's embedding where `weights` has them."""
     normalised = normalise_query(query)
     if not normalised:
         return []
@@ -78,6 +81,7 @@ def table_entries(
                 "score": min(1.0, max(0.0, score.score)),
                 "similarity": score.similarity,
                 "label": score.label,
+                "fusion_weights": _fusion(weights, product_id),
                 "source": source,
                 "rank": None if ranks is None else ranks.get(product_id),
                 "scored_at": now,
@@ -85,3 +89,8 @@ def table_entries(
         )
         outputs.append(Output(topic, entry.key(), encode(entry)))
     return outputs
+
+
+def _fusion(weights: Mapping[str, Weights] | None, product_id: str) -> dict[str, float] | None:
+    found = None if weights is None else weights.get(product_id)
+    return None if found is None else {"title": found[0], "image": found[1]}

@@ -77,13 +77,13 @@ class RequestProcessor:
                 live.append(request)
         scores = self._score(live)
         matrix = self.state.matrix(self.model_version)
-        for request, found in zip(live, scores, strict=True):
-            weights = matrix.fusion_weights(found)
-            answers = [self._answer(pid, found.get(pid), weights.get(pid)) for pid in request.candidates]
+        weights = [matrix.fusion_weights(found) for found in scores]
+        for request, found, fw in zip(live, scores, weights, strict=True):
+            answers = [self._answer(pid, found.get(pid), fw.get(pid)) for pid in request.candidates]
             outputs.append(self._reply(request, "ok", answers, now))
-        table = self.settings.topics.relevance_table  # after every reply: the ranker waits for those
-        for request, found in zip(live, scores, strict=True):
-            outputs.extend(table_entries(table, self.model_version, request.query, found, "request", now))
+        table, version = self.settings.topics.relevance_table, self.model_version
+        for request, found, fw in zip(live, scores, weights, strict=True):  # after every reply
+            outputs.extend(table_entries(table, version, request.query, found, "request", now, weights=fw))
         return outputs
 
     def _decode(self, rec: ConsumerRecord, outputs: list[Output]) -> ScoreRequest | None:
