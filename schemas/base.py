@@ -8,7 +8,7 @@ the worker can count which unknown fields arrive (`unknown_fields`) before ignor
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -32,7 +32,7 @@ class InputModel(StrictModel):
     def unknown_fields(self, prefix: str = "") -> list[str]:
         """Dotted paths of the fields this version does not define, nested events included."""
         found = [f"{prefix}{name}" for name in (self.model_extra or {})]
-        for name in type(self).model_fields:
+        for name in _nested_fields(type(self)):
             value = getattr(self, name)
             children = value if isinstance(value, list) else [value]
             for i, child in enumerate(children):
@@ -40,6 +40,25 @@ class InputModel(StrictModel):
                     where = f"{name}.{i}." if isinstance(value, list) else f"{name}."
                     found.extend(child.unknown_fields(prefix + where))
         return found
+
+
+_NESTED: dict[type[InputModel], tuple[str, ...]] = {}
+
+
+def _nested_fields(cls: type[InputModel]) -> tuple[str, ...]:
+    """The fields of `cls` that can hold an `InputModel` (directly or in a list): the only ones
+    `unknown_fields` must look into; found once per class (it runs for every inbound event)."""
+    if cls not in _NESTED:
+        _NESTED[cls] = tuple(
+            name for name, field in cls.model_fields.items() if _holds_input_model(field.annotation)
+        )
+    return _NESTED[cls]
+
+
+def _holds_input_model(annotation: object) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, InputModel):
+        return True
+    return any(_holds_input_model(arg) for arg in get_args(annotation))
 
 
 Identifier = Annotated[
