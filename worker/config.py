@@ -255,8 +255,8 @@ class WorkerSettings(BaseSettings):
     # Query embeddings kept by the query path, by normalised text (worker/query_cache.py; ~1 KB each,
     # so 20 MB by default); 0: off, every batch's queries go through the `query_relevance` ensemble
     query_cache_size: int = Field(default=20_000, ge=0, le=10_000_000)
-    # A relevance-table pair this query worker wrote with the same score is not written again within
-    # this many seconds (worker/relevance_table.py RecentRows); 0: every impression is written
+    # A relevance-table pair this query or request worker wrote with the same score is not written
+    # again within this many seconds (worker/relevance_table.py RecentRows); 0: every pair is written
     table_rewrite_s: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600)
     # Cap of the backoff while a path waits at start for Triton, Kafka or its topics (topic-init may
     # run after the workers); below /healthz's 60 s silence limit, since a waiting worker is alive.

@@ -39,7 +39,7 @@ from worker.inputs import decode_input
 from worker.observability import TRITON_LATENCY
 from worker.outputs import Output, dead_letter
 from worker.query_cache import QueryEmbeddingCache
-from worker.relevance_table import table_entries
+from worker.relevance_table import RecentRows, table_entries
 from worker.triton_client import PairScore, RelevanceClient
 from worker.vector_matrix import Weights
 
@@ -60,6 +60,8 @@ class RequestProcessor:
             raise ValueError(f"state of {state.version} given to a request path of {self.model_version}")
         size = settings.worker.request_query_cache_size
         self.cache = QueryEmbeddingCache(size) if size else None
+        rewrite_s = settings.worker.table_rewrite_s  # a ranker asks the same candidates again and again
+        self.recent_rows = RecentRows(rewrite_s) if rewrite_s > 0 else None
         self._followed_at = 0.0
 
     def process(self, records: Sequence[ConsumerRecord]) -> list[Output]:
@@ -83,7 +85,10 @@ class RequestProcessor:
             outputs.append(self._reply(request, "ok", answers, now))
         table, version = self.settings.topics.relevance_table, self.model_version
         for request, found, fw in zip(live, scores, weights, strict=True):  # after every reply
-            outputs.extend(table_entries(table, version, request.query, found, "request", now, weights=fw))
+            rows = table_entries(
+                table, version, request.query, found, "request", now, recent=self.recent_rows, weights=fw
+            )
+            outputs.extend(rows)
         return outputs
 
     def _decode(self, rec: ConsumerRecord, outputs: list[Output]) -> ScoreRequest | None:
