@@ -107,8 +107,8 @@ class Monitor:
         for path in ("/healthz", "/readyz"):
             started, starts = time.monotonic(), w.starts
             answered = _get(w.metrics_port, path)
-            if not answered and (not w.alive() or w.starts != starts):
-                return  # the scenario killed or restarted it during the probe: not a slow answer
+            if not answered and _gone(w, starts):
+                return  # the scenario killed or restarted it around the probe: not a slow answer
             seconds = time.monotonic() - started if answered else PROBE_TIMEOUT_S
             if self._answered.get(w.name) != w.starts:
                 if not answered:
@@ -199,6 +199,18 @@ def judge(result: ScenarioResult, figures: Figures) -> None:
             f"{figures.stall_at or '-'}, slowest health probe {figures.probe_max_s:.2f} s "
             f"(limit {PROBE_LIMIT_S:.0f} s)"
         )
+
+
+def _gone(w: WorkerProcess, starts: int, grace_s: float = 1.0) -> bool:
+    """Whether the worker died or was restarted around an unanswered probe. A kill -9 refuses the
+    probe at once but shows in the process's exit status only a moment later: without the grace, a
+    probe racing the kill counted as a 2 s answer of a live worker."""
+    deadline = time.monotonic() + grace_s
+    while w.alive() and w.starts == starts:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _get(port: int, path: str) -> bool:
