@@ -274,3 +274,49 @@ def test_head_query_top_k_reaches_a_product_nobody_has_shown(
     finally:
         producer.close()
         assert worker.shutdown() == 0
+
+
+def test_a_round_of_head_queries_is_spread_over_batches(broker: LocalBroker, triton: LocalTriton) -> None:
+    """25 head queries are refreshed 10 per query-log batch (no batch waits for the whole round); the
+    round ends with every query's top-K written, and nothing is refreshed again until something moves."""
+    from worker.embedding_state import EmbeddingState
+    from worker.head_queries import HeadQueries
+
+    settings = make_settings(broker, triton, topk_queries=25, topk=2, topk_refresh_s=0.0)
+    create_topics(settings)
+    rng = np.random.default_rng(0)
+    producer = make_producer(settings.kafka)
+    for i in range(6):
+        v = rng.standard_normal(256).astype(np.float32)
+        record = ProductEmbeddingV2.from_array(
+            v / np.linalg.norm(v),
+            product_id=f"p{i}",
+            product_type="Tshirts",
+            model_version=SERVED_VERSION,
+            fusion_weights=FusionWeights(title=0.25, image=0.75),
+            has_title=True,
+            has_image=True,
+            source_event_id=f"e-{i}",
+            updated_at=datetime.now(UTC),
+        )
+        producer.send(
+            settings.topics.embeddings_for(SERVED_VERSION), key=f"p{i}".encode(), value=encode(record)
+        )
+    producer.flush(10)
+    producer.close()
+    state = EmbeddingState(settings, 256, SERVED_VERSION)
+    state.load()
+    try:
+        with RelevanceClient(settings.triton, SERVED_VERSION) as client:
+            head = HeadQueries(settings.worker, client, state)
+            head.observe([f"query {n}" for n in range(25)])
+            rounds = [head.refresh(settings.topics.relevance_table, datetime.now(UTC)) for _ in range(4)]
+    finally:
+        state.close()
+    assert [len(r) for r in rounds] == [20, 20, 10, 0]
+    entries = [decode_event(RelevanceEntry, out.value) for r in rounds for out in r]
+    assert {e.query for e in entries} == {f"query {n}" for n in range(25)}
+    assert {e.rank for e in entries} == {1, 2} and {e.source for e in entries} == {"top_k"}
+    assert {(e.fusion_weights.title, e.fusion_weights.image) for e in entries if e.fusion_weights} == {
+        (0.25, 0.75)
+    }

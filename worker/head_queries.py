@@ -26,6 +26,9 @@ from worker.triton_client import PairScore, RelevanceClient, TritonRequestError
 
 log = structlog.get_logger()
 MAX_TRACKED = 10_000  # distinct queries counted at once; the least frequent half is dropped beyond it
+QUERIES_PER_BATCH = 10
+"""Head queries refreshed per query-log batch: a round of 50 is spread over 5 batches, so no batch of
+query logs waits behind the whole round (it was a p99 tail of the query path)."""
 
 
 class HeadQueries:
@@ -38,6 +41,8 @@ class HeadQueries:
         self.counts: dict[str, float] = {}
         self._decayed_at = self._refreshed_at = time.monotonic()
         self._refreshed: tuple[list[str], int] = ([], -1)  # (head queries, state changes) last written
+        self._round: tuple[list[str], int] = ([], -1)  # the round in progress
+        self._pending: list[str] = []  # its queries not refreshed yet
 
     def observe(self, queries: list[str]) -> None:
         if self.top_m < 1:
@@ -55,44 +60,58 @@ class HeadQueries:
         return [q for q, _ in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.top_m]]
 
     def refresh(self, topic: str, now: datetime) -> list[Output]:
-        """The table records of the head queries' top-K, when a refresh is due and something changed."""
-        if self.top_m < 1 or time.monotonic() - self._refreshed_at < self.refresh_s:
+        """The table records of the next `QUERIES_PER_BATCH` head queries of a refresh round; a round
+        starts when one is due and the head or the catalogue changed since the last one."""
+        if self.top_m < 1 or (not self._pending and not self._start_round()):
             return []
+        chunk, self._pending = self._pending[:QUERIES_PER_BATCH], self._pending[QUERIES_PER_BATCH:]
+        try:
+            outputs = self._top_k(chunk, topic, now)
+        except TritonRequestError as exc:  # never hold query logs back for the table's extras
+            log.warning("top_k_failed", queries=len(chunk), error=str(exc)[:300])
+            self._pending = []  # the round is abandoned; the next one is due after refresh_s
+            return []
+        if not self._pending:
+            self._refreshed = self._round
+            log.info("top_k_refreshed", queries=len(self._round[0]))
+        return outputs
+
+    def _start_round(self) -> bool:
+        if time.monotonic() - self._refreshed_at < self.refresh_s:
+            return False
         head = self.head()
         self.state.follow(timeout_ms=0)  # the catalogue as it is now, not as of the last wait
         if not head or (head, self.state.changes) == self._refreshed:
-            return []
+            return False
         self._refreshed_at = time.monotonic()
-        try:
-            outputs = self._top_k(head, topic, now)
-        except TritonRequestError as exc:  # never hold query logs back for the table's extras
-            log.warning("top_k_failed", queries=len(head), error=str(exc)[:300])
-            return []
-        self._refreshed = (head, self.state.changes)
-        log.info("top_k_refreshed", queries=len(head), records=len(outputs))
-        return outputs
+        self._round, self._pending = (head, self.state.changes), list(head)
+        return True
 
     def _top_k(self, head: list[str], topic: str, now: datetime) -> list[Output]:
         matrix = self.state.matrix(self.state.version)
-        nearest = matrix.nearest(self.client.query_embeddings(head), self.k)
+        encoded = self.client.query_embeddings(head)
+        nearest = matrix.nearest(encoded, self.k)
         pairs = [
-            (query, pid, rank)
-            for query, found in zip(head, nearest, strict=True)
+            (n, query, pid, rank)
+            for n, (query, found) in enumerate(zip(head, nearest, strict=True))
             for rank, (pid, _) in enumerate(found, 1)
         ]
-        scores = self.client.query_relevance(
-            [q for q, _, _ in pairs], matrix.rows([pid for _, pid, _ in pairs])
+        # the queries were just encoded: score the pairs with the version's `relevance` alone
+        scores = self.client.pair_relevance(
+            encoded[[n for n, _, _, _ in pairs]], matrix.rows([pid for _, _, pid, _ in pairs])
         )
         found_scores: dict[str, dict[str, PairScore]] = {}
         ranks: dict[str, dict[str, int]] = {}
-        for (query, pid, rank), score in zip(pairs, scores, strict=True):
+        for (_, query, pid, rank), score in zip(pairs, scores, strict=True):
             found_scores.setdefault(query, {})[pid] = score
             ranks.setdefault(query, {})[pid] = rank
         version = self.state.version
         outputs = [
             out
             for query, by_id in found_scores.items()
-            for out in table_entries(topic, version, query, by_id, "top_k", now, ranks=ranks[query])
+            for out in table_entries(
+                topic, version, query, by_id, "top_k", now, ranks[query], weights=matrix.fusion_weights(by_id)
+            )
         ]
         return outputs
 
