@@ -18,7 +18,7 @@ import numpy as np
 
 from schemas.ranker import normalise_query
 from worker.observability import QUERY_CACHE
-from worker.triton_client import PairScore
+from worker.triton_client import PairScore, RelevanceClient
 
 
 class QueryScorer(Protocol):
@@ -40,6 +40,11 @@ class QueryEmbeddingCache:
             raise ValueError("a query cache needs room for at least one query")
         self.max_entries = max_entries
         self.entries: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @classmethod
+    def of_size(cls, max_entries: int) -> QueryEmbeddingCache | None:
+        """A cache of `max_entries` queries; None for 0 (every batch goes through the ensemble)."""
+        return cls(max_entries) if max_entries else None
 
     def embeddings(self, client: QueryScorer, queries: list[str]) -> np.ndarray:
         """[n, D] query embeddings, encoding only the distinct queries not cached yet."""
@@ -68,3 +73,13 @@ class QueryEmbeddingCache:
         if not queries:
             return []
         return client.pair_relevance(self.embeddings(client, queries), products)
+
+
+def pair_scores(
+    client: RelevanceClient, cache: QueryEmbeddingCache | None, queries: list[str], products: np.ndarray
+) -> list[PairScore]:
+    """Row-wise scores of (queries[i], products[i]): the `query_relevance` ensemble in one round trip,
+    or, with a cache, its two steps with every query encoded at most once."""
+    if cache is None:
+        return client.query_relevance(queries, products)
+    return cache.scores(client, queries, products)

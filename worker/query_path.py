@@ -29,8 +29,8 @@ from worker.inputs import decode_input
 from worker.isolation import Isolator, Poison
 from worker.observability import TRITON_LATENCY, UNKNOWN_PRODUCTS
 from worker.outputs import Output, dead_letter
-from worker.query_cache import QueryEmbeddingCache
-from worker.relevance_table import RecentRows, table_entries
+from worker.query_cache import QueryEmbeddingCache, pair_scores
+from worker.relevance_table import RecentRows, score_fields, table_entries
 from worker.shadow import ShadowScorer
 from worker.state_reader import TopicReader
 from worker.triton_client import PairScore, RelevanceClient
@@ -59,10 +59,8 @@ class QueryProcessor:
         if state.version != self.model_version:
             raise ValueError(f"state of {state.version} given to a query path of {self.model_version}")
         self.head = HeadQueries(settings.worker, client, state)
-        size = settings.worker.query_cache_size
-        self.cache = QueryEmbeddingCache(size) if size else None
-        rewrite_s = settings.worker.table_rewrite_s
-        self.recent_rows = RecentRows(rewrite_s) if rewrite_s > 0 else None
+        self.cache = QueryEmbeddingCache.of_size(settings.worker.query_cache_size)
+        self.recent_rows = RecentRows.every(settings.worker.table_rewrite_s)
         worker = settings.worker
         self.ab = UnitAggregator(
             worker.ab_window_s, worker.event_time_grace_s, load_experiments(worker.experiments_file)
@@ -141,10 +139,7 @@ class QueryProcessor:
             if pairs:
                 queries, products = [batch[n].query for n, _ in pairs], matrix.rows([pid for _, pid in pairs])
                 with TRITON_LATENCY.labels("query_relevance").time():
-                    if self.cache is None:
-                        scores = client.query_relevance(queries, products)
-                    else:
-                        scores = self.cache.scores(client, queries, products)
+                    scores = pair_scores(client, self.cache, queries, products)
                 for (n, pid), score in zip(pairs, scores, strict=True):
                     out[n][pid] = score
             return out
@@ -265,9 +260,4 @@ class QueryProcessor:
 def _score_fields(score: PairScore | None, weights: Weights | None) -> dict[str, object]:
     """A `ProductScore`'s fields for a pair scored (with the product's fusion weights when its
     embedding record had them), or for a product without an embedding."""
-    if score is None:
-        return {"status": "unknown_product"}
-    fields = {"score": min(1.0, max(0.0, score.score)), "similarity": score.similarity, "label": score.label}
-    if weights is not None:
-        fields["fusion_weights"] = {"title": weights[0], "image": weights[1]}
-    return fields
+    return {"status": "unknown_product"} if score is None else score_fields(score, weights)

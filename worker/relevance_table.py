@@ -32,12 +32,29 @@ MAX_RECENT_ROWS = 200_000
 SAME_SCORE = 1e-6  # Triton may batch a pair differently: the last float bits are not a change
 
 
+def score_fields(score: PairScore, weights: Weights | None) -> dict[str, object]:
+    """The fields of a scored pair in every record a ranker reads (`ProductScore`, `RelevanceEntry`):
+    the calibrated score clamped to [0, 1], similarity, label, and the fusion weights of the
+    product's embedding when its record had them."""
+    return {
+        "score": min(1.0, max(0.0, score.score)),
+        "similarity": score.similarity,
+        "label": score.label,
+        "fusion_weights": None if weights is None else {"title": weights[0], "image": weights[1]},
+    }
+
+
 class RecentRows:
     """The table rows this worker wrote lately, by key: (score, when written)."""
 
     def __init__(self, rewrite_s: float, max_rows: int = MAX_RECENT_ROWS) -> None:
         self.rewrite_s, self.max_rows = rewrite_s, max_rows
         self.rows: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+
+    @classmethod
+    def every(cls, rewrite_s: float) -> RecentRows | None:
+        """The memory for `QL_WORKER_TABLE_REWRITE_S`; None when it is 0 (every pair is written)."""
+        return cls(rewrite_s) if rewrite_s > 0 else None
 
     def due(self, key: bytes, score: float) -> bool:
         """Whether the row must be written: new here, its score changed, or last written too long ago."""
@@ -78,10 +95,7 @@ def table_entries(
                 "model_version": model_version,
                 "query": normalised,
                 "product_id": product_id,
-                "score": min(1.0, max(0.0, score.score)),
-                "similarity": score.similarity,
-                "label": score.label,
-                "fusion_weights": _fusion(weights, product_id),
+                **score_fields(score, None if weights is None else weights.get(product_id)),
                 "source": source,
                 "rank": None if ranks is None else ranks.get(product_id),
                 "scored_at": now,
@@ -89,8 +103,3 @@ def table_entries(
         )
         outputs.append(Output(topic, entry.key(), encode(entry)))
     return outputs
-
-
-def _fusion(weights: Mapping[str, Weights] | None, product_id: str) -> dict[str, float] | None:
-    found = None if weights is None else weights.get(product_id)
-    return None if found is None else {"title": found[0], "image": found[1]}

@@ -27,7 +27,6 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
@@ -38,8 +37,8 @@ from worker.embedding_state import EmbeddingState
 from worker.inputs import decode_input
 from worker.observability import TRITON_LATENCY
 from worker.outputs import Output, dead_letter
-from worker.query_cache import QueryEmbeddingCache
-from worker.relevance_table import RecentRows, table_entries
+from worker.query_cache import QueryEmbeddingCache, pair_scores
+from worker.relevance_table import RecentRows, score_fields, table_entries
 from worker.triton_client import PairScore, RelevanceClient
 from worker.vector_matrix import Weights
 
@@ -58,10 +57,8 @@ class RequestProcessor:
         self.model_version = client.model_version()
         if state.version != self.model_version:
             raise ValueError(f"state of {state.version} given to a request path of {self.model_version}")
-        size = settings.worker.request_query_cache_size
-        self.cache = QueryEmbeddingCache(size) if size else None
-        rewrite_s = settings.worker.table_rewrite_s  # a ranker asks the same candidates again and again
-        self.recent_rows = RecentRows(rewrite_s) if rewrite_s > 0 else None
+        self.cache = QueryEmbeddingCache.of_size(settings.worker.request_query_cache_size)
+        self.recent_rows = RecentRows.every(settings.worker.table_rewrite_s)  # the same candidates, again
         self._followed_at = 0.0
 
     def process(self, records: Sequence[ConsumerRecord]) -> list[Output]:
@@ -117,17 +114,10 @@ class RequestProcessor:
             queries = [requests[n].query for n, _ in pairs]
             products = matrix.rows([pid for _, pid in pairs])
             with TRITON_LATENCY.labels("query_relevance").time():
-                scores = self._relevance(queries, products)
+                scores = pair_scores(self.client, self.cache, queries, products)
             for (n, pid), score in zip(pairs, scores, strict=True):
                 out[n][pid] = score
         return out
-
-    def _relevance(self, queries: list[str], products: np.ndarray) -> list[PairScore]:
-        """Row-wise scores: the ensemble, or the cache's two steps (a new query costs about the same:
-        text_encoder then relevance vs the ensemble, see `benchmarks.ranker_latency`'s breakdown)."""
-        if self.cache is None:
-            return self.client.query_relevance(queries, products)
-        return self.cache.scores(self.client, queries, products)
 
     @staticmethod
     def _answer(product_id: str, score: PairScore | None, weights: Weights | None) -> ProductScore:
@@ -135,16 +125,7 @@ class RequestProcessor:
         or reported unknown."""
         if score is None:
             return ProductScore(product_id=product_id, status="unknown_product")
-        fusion = None if weights is None else {"title": weights[0], "image": weights[1]}
-        return ProductScore.model_validate(
-            {
-                "product_id": product_id,
-                "score": min(1.0, max(0.0, score.score)),
-                "similarity": score.similarity,
-                "label": score.label,
-                "fusion_weights": fusion,
-            }
-        )
+        return ProductScore.model_validate({"product_id": product_id, **score_fields(score, weights)})
 
     def _reply(self, request: ScoreRequest, status: str, scores: list[ProductScore], now: datetime) -> Output:
         reply = ScoreReply.model_validate(
