@@ -32,6 +32,22 @@ TITLES = {
 WEIGHTS = {"p-shirt": FusionWeights(title=0.75, image=0.25), "p-shoe": FusionWeights(title=1.0, image=0.0)}
 
 
+def embedding_record(pid: str, vector: np.ndarray, product_type: str, weights: FusionWeights) -> bytes:
+    """The served version's embedding record of a product (an image part when its weight is > 0)."""
+    record = ProductEmbeddingV2.from_array(
+        vector,
+        product_id=pid,
+        product_type=product_type,
+        model_version=SERVED_VERSION,
+        fusion_weights=weights,
+        has_title=True,
+        has_image=weights.image > 0,
+        source_event_id=f"e-{pid}",
+        updated_at=datetime.now(UTC),
+    )
+    return encode(record)
+
+
 def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTriton) -> None:
     settings = make_settings(broker, triton)
     topics = settings.topics
@@ -54,18 +70,8 @@ def test_query_scores_table_and_requests(broker: LocalBroker, triton: LocalTrito
             )
         }
     for pid, vector in vectors.items():
-        record = ProductEmbeddingV2.from_array(
-            vector,
-            product_id=pid,
-            product_type=TITLES[pid][1],
-            model_version=SERVED_VERSION,
-            fusion_weights=WEIGHTS[pid],
-            has_title=True,
-            has_image=WEIGHTS[pid].image > 0,
-            source_event_id=f"e-{pid}",
-            updated_at=now,
-        )
-        producer.send(topics.embeddings_for(SERVED_VERSION), key=pid.encode(), value=encode(record))
+        record = embedding_record(pid, vector, TITLES[pid][1], WEIGHTS[pid])
+        producer.send(topics.embeddings_for(SERVED_VERSION), key=pid.encode(), value=record)
     producer.flush(10)
     worker = RunningWorker(settings, ["query", "request"])
     try:
@@ -215,19 +221,7 @@ def test_head_query_top_k_reaches_a_product_nobody_has_shown(
             [t for t, _ in catalogue.values()], [k for _, k in catalogue.values()], [None] * 5
         )
     records = {
-        pid: encode(
-            ProductEmbeddingV2.from_array(
-                r.embedding,  # type: ignore[arg-type]
-                product_id=pid,
-                product_type=catalogue[pid][1],
-                model_version=SERVED_VERSION,
-                fusion_weights=FusionWeights(title=1.0, image=0.0),
-                has_title=True,
-                has_image=False,
-                source_event_id=f"e-{pid}",
-                updated_at=datetime.now(UTC),
-            )
-        )
+        pid: embedding_record(pid, r.embedding, catalogue[pid][1], FusionWeights(title=1.0, image=0.0))  # type: ignore[arg-type]
         for pid, r in zip(catalogue, made, strict=True)
     }
     producer = make_producer(settings.kafka)
@@ -288,20 +282,9 @@ def test_a_round_of_head_queries_is_spread_over_batches(broker: LocalBroker, tri
     producer = make_producer(settings.kafka)
     for i in range(6):
         v = rng.standard_normal(256).astype(np.float32)
-        record = ProductEmbeddingV2.from_array(
-            v / np.linalg.norm(v),
-            product_id=f"p{i}",
-            product_type="Tshirts",
-            model_version=SERVED_VERSION,
-            fusion_weights=FusionWeights(title=0.25, image=0.75),
-            has_title=True,
-            has_image=True,
-            source_event_id=f"e-{i}",
-            updated_at=datetime.now(UTC),
-        )
-        producer.send(
-            settings.topics.embeddings_for(SERVED_VERSION), key=f"p{i}".encode(), value=encode(record)
-        )
+        weights = FusionWeights(title=0.25, image=0.75)
+        record = embedding_record(f"p{i}", v / np.linalg.norm(v), "Tshirts", weights)
+        producer.send(settings.topics.embeddings_for(SERVED_VERSION), key=f"p{i}".encode(), value=record)
     producer.flush(10)
     producer.close()
     state = EmbeddingState(settings, 256, SERVED_VERSION)
