@@ -28,7 +28,8 @@ from worker.vector_matrix import Weights
 
 Source = Literal["impression", "top_k", "request"]
 MAX_RECENT_ROWS = 200_000
-"""Pairs remembered (least recently written leave first): ~30 MB, the head of a query stream."""
+"""Pairs remembered (least recently written leave first), the head of a query stream: ~60 MB (200,000
+rows of ~100-byte keys: ~42 MB for the entries and ~19 MB for the keys, measured by RSS)."""
 SAME_SCORE = 1e-6  # Triton may batch a pair differently: the last float bits are not a change
 
 
