@@ -420,6 +420,7 @@ def cmd_evaluate_v2(a: argparse.Namespace) -> int:
         seeds=tuple(range(a.seeds)),
         runs_dir=a.runs_dir,
         judge=a.judge or default_judge(),
+        judges=tuple(j for j in a.judges.split(",") if j),
         reports=a.reports,
         cache_dir=a.cache_dir,
         images_dir=Catalogue(a.data_dir, "flag").images,
@@ -443,6 +444,12 @@ def _evaluate_v2_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--runs-dir", type=Path, default=RUNS_V2_DIR, help="where the seeded runs go")
     ap.add_argument("--reports", type=Path, default=Path("reports"), help="where the reports go")
     ap.add_argument("--judge", default=None, help="GenFilt judge cache name (default: first that exists)")
+    ap.add_argument(
+        "--judges",
+        default="",
+        help="comma-separated other GenFilt judges (e.g. gemma3,overlap): querylife_full is also trained "
+        "with each, as the variant querylife_full[<judge>], and compared with the GenFilt ablation",
+    )
     ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per interval")
     ap.add_argument(
         "--large-data",

@@ -24,7 +24,7 @@ from querylife.data import text_features_cached
 from querylife.evaluate import per_query_metrics
 from querylife.handqueries import HandQuery
 from querylife.splits import SplitData, split_similarities
-from querylife.train import Prepared, train, variant_config
+from querylife.train import Prepared, genfilt_cache_path, train, variant_config
 
 RUNS_V2_DIR = Path(".cache/runs-v2")
 BASELINE = "baseline_mean"
@@ -43,6 +43,21 @@ SECTION_END = "<!-- eval-v2:end -->"
 
 
 LARGE_TAG = "large"
+JUDGED = "querylife_full"  # the variant that --judges retrains with each other GenFilt judge
+
+
+def with_judge(variant: str, judge: str) -> str:
+    """A variant trained with a named GenFilt judge: "querylife_full[gemma3]" in tables and run dirs."""
+    return f"{variant}[{judge}]"
+
+
+def parse_variant(name: str, default_judge: str) -> tuple[str, str]:
+    """The base variant and its judge: "querylife_full[gemma3]" -> ("querylife_full", "gemma3"); a
+    plain name keeps the default judge."""
+    if name.endswith("]") and "[" in name:
+        base, judge = name[:-1].split("[", 1)
+        return base, judge
+    return name, default_judge
 
 
 def run_dir(runs_dir: Path, variant: str, seed: int, tag: str = "") -> Path:
@@ -58,7 +73,8 @@ def train_seeds(
         for seed in seeds:
             out = run_dir(runs_dir, name, seed, tag)
             if not (out / "metrics.json").exists():
-                cfg = variant_config(name, judge=judge, image_size=prep.image_size, seed=seed)
+                base, variant_judge = parse_variant(name, judge)
+                cfg = variant_config(base, judge=variant_judge, image_size=prep.image_size, seed=seed)
                 train(cfg, prep, out, resume=True, progress=False)
             runs.setdefault(name, []).append(out)
     return runs
@@ -213,6 +229,30 @@ def render_modules(scores: Scores, n_boot: int = 2000, full: str = "querylife_fu
     return "\n".join(lines)
 
 
+def render_judges(scores: Scores, judges: dict[str, str], n_boot: int = 2000) -> str:
+    """GenFilt per judge: querylife_full trained with each judge minus ablate_no_genfilt (the same model
+    without GenFilt), paired by query. ``judges``: judge name -> its variant's row name."""
+    sets = [s for s, d in scores.values.items() if "ablate_no_genfilt" in d]
+    lines = [
+        "### GenFilt per judge (querylife_full with that judge − ablate_no_genfilt, 95 % interval)",
+        "",
+        "| judge | variant | " + " | ".join(sets) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in sets) + " |",
+    ]
+    for judge, variant in judges.items():
+        cells = []
+        for s in sets:
+            if variant not in scores.values[s]:
+                cells.append("-")
+                continue
+            no_genfilt = scores.query_mean(s, "ablate_no_genfilt")
+            i = paired_bootstrap(scores.query_mean(s, variant), no_genfilt, n_boot=n_boot)
+            cells.append(f"{i.delta:+.4f} [{i.lo:+.4f}, {i.hi:+.4f}] {i.verdict()}")
+        lines.append(f"| {judge} | {variant} | " + " | ".join(cells) + " |")
+    lines += ["", "Judge quality (AUC, precision, recall): querylife/genfilt_cache/<judge>_report.json."]
+    return "\n".join(lines)
+
+
 def query_kind(q: Any) -> str:
     """A hand-written query's kind as written; a generated one's from its template (brand, colour,
     occasion, gender, type), misspelt ones apart."""
@@ -281,6 +321,7 @@ class V2Options:
     large: Path | None = None  # a larger training catalogue (a superset), evaluated on the same sets
     large_variants: tuple[str, ...] = ("baseline_mean", "ablate_no_genfilt")
     large_seeds: tuple[int, ...] | None = None  # default: the same seeds
+    judges: tuple[str, ...] = ()  # more GenFilt judges: querylife_full retrained with each
 
 
 def train_large(prep: Prepared, opts: V2Options) -> dict[str, list[Path]]:
@@ -305,7 +346,12 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
     from querylife.contact_sheet import sample_queries, write_contact_sheet
     from querylife.handqueries import load_graded
 
-    runs = train_seeds(prep, opts.variants, opts.seeds, opts.runs_dir, opts.judge)
+    judged = {opts.judge: JUDGED, **{j: with_judge(JUDGED, j) for j in opts.judges if j != opts.judge}}
+    missing = [j for j in opts.judges if not genfilt_cache_path(j).exists()]
+    if missing:  # a run without judgements would be cached under the judge's name
+        raise FileNotFoundError(f"no GenFilt cache for {missing} (build it with `querylife genfilt-cache`)")
+    extra = tuple(v for v in judged.values() if v not in opts.variants and v != JUDGED)
+    runs = train_seeds(prep, (*opts.variants, *extra), opts.seeds, opts.runs_dir, opts.judge)
     if opts.large is not None:
         runs.update(train_large(prep, opts))
     test = prep.splits["test"]
@@ -324,6 +370,8 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
         f"`{SERVED}`: querylife/weights as committed (one seed). Contact sheet: "
         "reports/model_contact_sheet.png (hand dev queries, served head beside seed-0 baseline_mean).",
     ]
+    if opts.judges:
+        notes.append(render_judges(scores, judged, opts.n_boot))
     notes += [render_modules(scores, opts.n_boot), render_kinds(scores, sets)]
     ctx = {
         "command": opts.command,

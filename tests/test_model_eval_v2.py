@@ -165,3 +165,18 @@ def test_summary_pairs_by_query_and_reports_the_seed_spread() -> None:
     ci = table["querylife_full"].vs_baseline
     assert ci is not None and 0.045 < ci.lo < ci.delta < ci.hi < 0.055
     assert "| GenFilt | +0.0000 [+0.0000, +0.0000] no detectable effect |" in render_modules(scores, 200)
+
+
+def test_judged_variants_are_named_by_judge_and_compared_with_the_genfilt_ablation() -> None:
+    from querylife.eval_v2 import JUDGED, Scores, parse_variant, render_judges, with_judge
+
+    assert with_judge(JUDGED, "gemma3") == "querylife_full[gemma3]"
+    assert parse_variant("querylife_full[gemma3]", "smollm2") == ("querylife_full", "gemma3")
+    assert parse_variant("querylife_full", "smollm2") == ("querylife_full", "smollm2")
+    rng = np.random.default_rng(5)
+    none = rng.uniform(0.3, 0.9, size=(3, 200))
+    scores = Scores({"s": {"ablate_no_genfilt": none, JUDGED: none + 0.05, "querylife_full[gemma3]": none}})
+    table = render_judges(scores, {"smollm2": JUDGED, "gemma3": "querylife_full[gemma3]", "x": "absent"}, 200)
+    assert "| smollm2 | querylife_full | +0.0500 [+0.0500, +0.0500] helps |" in table
+    assert "| gemma3 | querylife_full[gemma3] | +0.0000 [+0.0000, +0.0000] no detectable" in table
+    assert "| x | absent | - |" in table
