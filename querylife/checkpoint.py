@@ -25,8 +25,29 @@ META_FILE = "head.json"
 DEFAULT_DIR = Path(__file__).resolve().parent / "weights"
 
 
+class ResidualAdapter(nn.Module):
+    """``x + up(drop(relu(down(x))))`` on the frozen image-trunk features: a nonlinear correction
+    the linear projection cannot make. ``up`` starts at zero, so training starts from the linear head."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, hidden)
+        self.up = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = x + self.up(self.drop(torch.relu(self.down(x))))
+        return out
+
+
 class Head(nn.Module):
-    """Everything that is trained: the two open_clip projections, the fusion and the temperature."""
+    """Everything that is trained: the two open_clip projections, the fusion and the temperature.
+
+    ``image_adapter`` > 0 puts a residual adapter of that width before the image projection, inside
+    ``image_proj`` (so open_clip's visual head, the Triton image encoder and training all run it);
+    0 keeps the plain linear projection and the committed heads' weight names."""
 
     def __init__(
         self,
@@ -35,9 +56,13 @@ class Head(nn.Module):
         embed_dim: int = EMBED_DIM,
         type_dim: int = 32,
         hidden: int = 64,
+        image_adapter: int = 0,
     ) -> None:
         super().__init__()
-        self.image_proj = nn.Linear(IMAGE_FEAT_DIM, embed_dim, bias=False)
+        linear = nn.Linear(IMAGE_FEAT_DIM, embed_dim, bias=False)
+        self.image_proj: nn.Module = (
+            nn.Sequential(ResidualAdapter(IMAGE_FEAT_DIM, image_adapter), linear) if image_adapter else linear
+        )
         self.text_proj = nn.Linear(TEXT_FEAT_DIM, embed_dim, bias=False)
         self.fusion = Fusion(fusion, embed_dim, type_vocab, type_dim=type_dim, hidden=hidden)
         self.logit_scale = LogitScale()
@@ -46,6 +71,7 @@ class Head(nn.Module):
             "embed_dim": embed_dim,
             "type_dim": type_dim,
             "hidden": hidden,
+            "image_adapter": image_adapter,
         }
 
 
@@ -115,6 +141,7 @@ def load_head(path: str | Path | None = None) -> tuple[Head, Calibration, dict[s
         embed_dim=cfg["embed_dim"],
         type_dim=cfg["type_dim"],
         hidden=cfg["hidden"],
+        image_adapter=int(cfg.get("image_adapter", 0)),
     )
     state = torch.load(src / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     if weights_hash(state) != meta["weights_sha256"]:

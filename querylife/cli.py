@@ -429,6 +429,7 @@ def cmd_evaluate_v2(a: argparse.Namespace) -> int:
         n_boot=a.n_boot,
         large=a.large_data,
         large_seeds=None if a.large_seeds is None else tuple(range(a.large_seeds)),
+        large_variants=tuple(v for v in a.large_variants.split(",") if v),
     )
     evaluate_v2(prep, opts)
     print((a.reports / "model_eval_v2.md").read_text())
@@ -455,10 +456,15 @@ def _evaluate_v2_args(ap: argparse.ArgumentParser) -> None:
         "--large-data",
         type=Path,
         default=None,
-        help="also train baseline_mean and ablate_no_genfilt on this larger catalogue (a superset, e.g. "
+        help="also train --large-variants on this larger catalogue (a superset, e.g. "
         "../shared/data/fashion-products-large) and score them on the same test queries",
     )
     ap.add_argument("--large-seeds", type=int, default=None, help="seeds on --large-data (default: --seeds)")
+    ap.add_argument(
+        "--large-variants",
+        default="baseline_mean,ablate_no_genfilt",
+        help="comma-separated variants trained on --large-data (GenFilt ones need its queries judged)",
+    )
 
 
 def _command_line(a: argparse.Namespace) -> str:

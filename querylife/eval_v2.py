@@ -10,7 +10,8 @@ deviation of the per-seed means), not folded into it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ V2_VARIANTS = (
     "ablate_no_type_fusion",
     "ablate_no_alignment",
     "ablate_no_genfilt",
+    "image_adapter",
 )
 SERVED = "served head"
 SECTION_BEGIN = "<!-- eval-v2:begin -->"
@@ -43,6 +45,7 @@ SECTION_END = "<!-- eval-v2:end -->"
 
 
 LARGE_TAG = "large"
+IMAGE_PARENT = "ablate_no_genfilt"  # also scored with images hidden; the image adapter's parent
 JUDGED = "querylife_full"  # the variant that --judges retrains with each other GenFilt judge
 
 
@@ -107,14 +110,28 @@ class Scores:
         return self.values[qset][variant].mean(axis=0)
 
 
-def score_runs(runs: dict[str, list[Path]], sets: dict[str, SplitData], served: Path | None = None) -> Scores:
-    """Load every run once and score it on every query set; the served head is one more row."""
+def no_images(variant: str) -> str:
+    """The row of a variant scored with every product's image hidden (fusion falls back to the title)."""
+    return f"{variant} (images hidden)"
+
+
+def score_runs(
+    runs: dict[str, list[Path]],
+    sets: dict[str, SplitData],
+    served: Path | None = None,
+    blind: Sequence[str] = (),
+) -> Scores:
+    """Load every run once and score it on every query set; the served head is one more row, and each
+    variant in ``blind`` one more with the images hidden (what the image side adds, paired by query)."""
     heads: dict[str, list[Head]] = {n: [load_head(p)[0] for p in paths] for n, paths in runs.items()}
     if served is not None:
         heads[SERVED] = [load_head(served)[0]]
     values: dict[str, dict[str, np.ndarray]] = {}
     for qset, split in sets.items():
         values[qset] = {n: np.stack([per_query_ndcg(h, split) for h in hs]) for n, hs in heads.items()}
+        hidden = replace(split, has_image=torch.zeros_like(split.has_image))
+        for n in blind:
+            values[qset][no_images(n)] = np.stack([per_query_ndcg(h, hidden) for h in heads[n]])
     return Scores(values)
 
 
@@ -201,31 +218,33 @@ def render_section(
     return "\n".join(lines)
 
 
-MODULES = {  # module -> the ablation that lacks it (compared with querylife_full)
-    "type fusion": "ablate_no_type_fusion",
-    "query-aware alignment": "ablate_no_alignment",
-    "GenFilt": "ablate_no_genfilt",
+MODULES = {  # module -> (the variant with it, its parent without it)
+    "type fusion": ("querylife_full", "ablate_no_type_fusion"),
+    "query-aware alignment": ("querylife_full", "ablate_no_alignment"),
+    "GenFilt": ("querylife_full", "ablate_no_genfilt"),
+    "image adapter": ("image_adapter", IMAGE_PARENT),
+    "images at all": (IMAGE_PARENT, no_images(IMAGE_PARENT)),
 }
 
 
-def render_modules(scores: Scores, n_boot: int = 2000, full: str = "querylife_full") -> str:
-    """What each module adds: querylife_full minus the ablation without it, paired by query."""
-    sets = [s for s, d in scores.values.items() if full in d]
+def render_modules(scores: Scores, n_boot: int = 2000) -> str:
+    """What each module adds: the variant with it minus its parent without it, paired by query."""
+    sets = list(scores.values)
     lines = [
-        "### What each module adds (querylife_full − its ablation, 95 % interval)",
+        "### What each module adds (variant with it − its parent without it, 95 % interval)",
         "",
-        "| module | " + " | ".join(sets) + " |",
-        "| --- | " + " | ".join("---" for _ in sets) + " |",
+        "| module | with − without | " + " | ".join(sets) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in sets) + " |",
     ]
-    for module, ablation in MODULES.items():
+    for module, (with_it, without) in MODULES.items():
         cells = []
         for s in sets:
-            if ablation not in scores.values[s]:
+            if with_it not in scores.values[s] or without not in scores.values[s]:
                 cells.append("-")
                 continue
-            i = paired_bootstrap(scores.query_mean(s, full), scores.query_mean(s, ablation), n_boot=n_boot)
+            i = paired_bootstrap(scores.query_mean(s, with_it), scores.query_mean(s, without), n_boot=n_boot)
             cells.append(f"{i.delta:+.4f} [{i.lo:+.4f}, {i.hi:+.4f}] {i.verdict()}")
-        lines.append(f"| {module} | " + " | ".join(cells) + " |")
+        lines.append(f"| {module} | {with_it} − {without} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -267,24 +286,47 @@ def query_kind(q: Any) -> str:
     return "type"
 
 
-def render_kinds(scores: Scores, sets: dict[str, SplitData], skip: Sequence[str] = ("hand test",)) -> str:
-    """NDCG@10 per query kind (seed-averaged), for the sets not in ``skip`` (the test half is reported
-    only in the main table, so per-kind reading does not tune on it)."""
+def query_types(split: SplitData) -> list[str]:
+    """Each query's product type: its source product's, else (hand-written) the commonest type among
+    its best-graded products; types with under 2 % of the set's queries (or under 3) pooled as
+    "other", so every row averages enough queries to read."""
+    min_queries = max(3, len(split.queries) // 50)
+    out = []
+    for q in split.queries:
+        if q.source_product_id in split.index:
+            out.append(split.types[split.index[q.source_product_id]])
+            continue
+        top = max(q.relevance.values(), default=0)
+        types = [split.types[split.index[p]] for p, g in q.relevance.items() if g == top and p in split.index]
+        out.append(Counter(types).most_common(1)[0][0] if types else "")
+    counts = Counter(out)
+    return [t if counts[t] >= min_queries and t else "other" for t in out]
+
+
+def render_groups(
+    scores: Scores,
+    sets: dict[str, SplitData],
+    title: str,
+    groups: Callable[[SplitData], Sequence[str]],
+    skip: Sequence[str] = ("hand test",),
+) -> str:
+    """NDCG@10 per group of queries (seed-averaged), for the sets not in ``skip`` (the test half is
+    reported only in the main table, so per-group reading does not tune on it)."""
     variants = list(next(iter(scores.values.values())))
     lines = [
-        "### Per query kind (NDCG@10, mean over seeds)",
+        f"### Per {title} (NDCG@10, mean over seeds)",
         "",
-        "| set | kind | queries | " + " | ".join(variants) + " |",
+        f"| set | {title} | queries | " + " | ".join(variants) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in variants) + " |",
     ]
     for qset, split in sets.items():
         if qset in skip:
             continue
-        kinds = np.array([query_kind(q) for q in split.queries])
-        for kind in sorted(set(kinds)):
-            m = kinds == kind
+        labels = np.array(groups(split))
+        for label in sorted(set(labels), key=lambda g: (g == "other", g)):
+            m = labels == label
             cells = " | ".join(f"{scores.query_mean(qset, v)[m].mean():.3f}" for v in variants)
-            lines.append(f"| {qset} | {kind} | {int(m.sum())} | {cells} |")
+            lines.append(f"| {qset} | {label} | {int(m.sum())} | {cells} |")
     return "\n".join(lines)
 
 
@@ -361,7 +403,7 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
         "hand dev": hand_split(test, dev_q, opts.cache_dir),
         "hand test": hand_split(test, test_q, opts.cache_dir),
     }
-    scores = score_runs(runs, sets, served=opts.served)
+    scores = score_runs(runs, sets, served=opts.served, blind=[IMAGE_PARENT] if IMAGE_PARENT in runs else [])
     table = summarise(scores, n_boot=opts.n_boot)
     mdes = {s: set_mde(scores, s) for s in sets}
     notes = [
@@ -370,9 +412,18 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
         f"`{SERVED}`: querylife/weights as committed (one seed). Contact sheet: "
         "reports/model_contact_sheet.png (hand dev queries, served head beside seed-0 baseline_mean).",
     ]
+    if opts.large is not None:
+        notes.append(
+            "Large catalogue rows: the variants that need no GenFilt judge only (the SmolLM2 judge has no "
+            "judgements for the large catalogue's generated queries); scored on the same test products."
+        )
     if opts.judges:
         notes.append(render_judges(scores, judged, opts.n_boot))
-    notes += [render_modules(scores, opts.n_boot), render_kinds(scores, sets)]
+    notes += [
+        render_modules(scores, opts.n_boot),
+        render_groups(scores, sets, "query kind", lambda s: [query_kind(q) for q in s.queries]),
+        render_groups(scores, sets, "product type", query_types),
+    ]
     ctx = {
         "command": opts.command,
         "seeds": len(opts.seeds),

@@ -47,7 +47,7 @@ class QueryLifeModel(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.head.image_proj.weight.device
+        return next(self.head.parameters()).device
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

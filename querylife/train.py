@@ -60,6 +60,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     modality_dropout: float = 0.05  # train the single-modality paths too
     zero_shot: bool = False  # image-title CLIP alignment only: never sees a query
+    image_adapter: int = 0  # width of a residual MLP on the frozen image features (0: none)
     seed: int = 0
     query_seed: int = 0
     per_product: int = 2
@@ -81,6 +82,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ablate_no_type_fusion": {"fusion": "gate", "align": True, "genfilt": "@judge"},
     "ablate_no_alignment": {"fusion": "type_gate", "align": False, "genfilt": "@judge"},
     "ablate_no_genfilt": {"fusion": "type_gate", "align": True, "genfilt": "none"},
+    # #22 item 4: ablate_no_genfilt plus a residual adapter on the image features, so the image side
+    # is no longer one linear map of ImageNet features
+    "image_adapter": {"fusion": "type_gate", "align": True, "genfilt": "none", "image_adapter": 256},
     "genfilt_oracle": {"fusion": "type_gate", "align": True, "genfilt": "oracle"},
     "type_aware_batches": {
         "fusion": "type_gate",
@@ -278,7 +282,7 @@ def train(
     out = Path(out_dir) if out_dir is not None else RUNS_DIR / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     _seed_all(cfg.seed)
-    head = Head(prep.type_vocab, fusion=cfg.fusion).to(dev)
+    head = Head(prep.type_vocab, fusion=cfg.fusion, image_adapter=cfg.image_adapter).to(dev)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     tr, va = prep.splits["train"], prep.splits["val"]
     mask_fn = make_mask_fn(cfg, tr)

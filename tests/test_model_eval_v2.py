@@ -164,7 +164,39 @@ def test_summary_pairs_by_query_and_reports_the_seed_spread() -> None:
     assert table[BASELINE].seed_sd == pytest.approx(float(base.mean(axis=1).std(ddof=1)))
     ci = table["querylife_full"].vs_baseline
     assert ci is not None and 0.045 < ci.lo < ci.delta < ci.hi < 0.055
-    assert "| GenFilt | +0.0000 [+0.0000, +0.0000] no detectable effect |" in render_modules(scores, 200)
+    modules = render_modules(scores, 200)
+    assert "| querylife_full − ablate_no_genfilt | +0.0000 [+0.0000, +0.0000] no detectable" in modules
+    assert "| image adapter | image_adapter − ablate_no_genfilt | - |" in modules  # not trained: no cell
+
+
+def test_per_group_rows_pool_small_types_and_follow_the_source_product() -> None:
+    import torch
+
+    from querylife.eval_v2 import Scores, query_types, render_groups
+    from querylife.handqueries import HandQuery
+    from querylife.splits import SplitData
+
+    types = ["Shirts", "Shirts", "Watches", "Belts"]
+    pids = [str(i) for i in range(4)]
+    hand = [HandQuery(f"h{i}", "q", "colour", "dev", {"0": 3, "1": 3, "2": 2}) for i in range(3)]
+    hand.append(HandQuery("h9", "q", "brand", "dev", {"2": 3, "3": 1}))
+    split = SplitData(
+        products=[{"product_id": p} for p in pids],
+        image=torch.zeros(4, 1),
+        title=torch.zeros(4, 1),
+        has_image=torch.ones(4, dtype=torch.bool),
+        has_title=torch.ones(4, dtype=torch.bool),
+        types=types,
+        queries=list(hand),
+        query_feats=torch.zeros(4, 1),
+        query_product_idx=torch.zeros(4, dtype=torch.long),
+        index={p: i for i, p in enumerate(pids)},
+    )
+    assert query_types(split) == ["Shirts", "Shirts", "Shirts", "other"]  # Watches: 1 query < 3
+    scores = Scores({"hand dev": {"a": np.array([[1.0, 0.5, 0.0, 0.25]])}})
+    table = render_groups(scores, {"hand dev": split}, "product type", query_types)
+    assert "| hand dev | Shirts | 3 | 0.500 |" in table
+    assert table.splitlines()[-1] == "| hand dev | other | 1 | 0.250 |"
 
 
 def test_judged_variants_are_named_by_judge_and_compared_with_the_genfilt_ablation() -> None:

@@ -75,3 +75,27 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 def test_committed_head_is_small() -> None:
     weights = Path(__file__).resolve().parents[1] / "querylife" / "weights" / "head.pt"
     assert weights.stat().st_size < 3_000_000
+
+
+def test_image_adapter_head_starts_linear_round_trips_and_serves(tmp_path: Path) -> None:
+    """The adapter lives inside image_proj, so the served image encoder runs it with no other change."""
+    torch.manual_seed(0)
+    plain = Head(["Shoes"], fusion="type_gate")
+    torch.manual_seed(0)
+    adapted = Head(["Shoes"], fusion="type_gate", image_adapter=32)
+    feats = torch.randn(4, 1280)
+    adapted.eval()
+    assert torch.allclose(adapted.image_proj(feats), plain.image_proj(feats))  # zero-initialised residual
+    with torch.no_grad():
+        for p in adapted.image_proj.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_head(tmp_path, adapted, Calibration(a=10.0, b=-5.0, thresholds=[0.2, 0.4, 0.9]), 128)
+    head2, _, meta = load_head(tmp_path)
+    assert meta["head_config"]["image_adapter"] == 32
+    assert torch.equal(head2.image_proj(feats), adapted.image_proj(feats))
+    served = load_model(tmp_path)
+    pixels = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        trunk = served.towers.image_features(pixels).clone()
+        expected = torch.nn.functional.normalize(adapted.image_proj(trunk), dim=-1)
+    assert torch.allclose(served.encode_images(pixels), expected, atol=1e-5)
