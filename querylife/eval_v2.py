@@ -227,16 +227,23 @@ MODULES = {  # module -> (the variant with it, its parent without it)
 }
 
 
-def render_modules(scores: Scores, n_boot: int = 2000) -> str:
-    """What each module adds: the variant with it minus its parent without it, paired by query."""
+def render_modules(
+    scores: Scores,
+    n_boot: int = 2000,
+    pairs: dict[str, tuple[str, str]] = MODULES,
+    title: str = "What each module adds (variant with it − its parent without it, 95 % interval)",
+    what: str = "module",
+) -> str:
+    """What each module adds: the variant with it minus its parent without it, paired by query (also
+    used for what the large catalogue adds: the same variant trained on each)."""
     sets = list(scores.values)
     lines = [
-        "### What each module adds (variant with it − its parent without it, 95 % interval)",
+        f"### {title}",
         "",
-        "| module | with − without | " + " | ".join(sets) + " |",
+        f"| {what} | with − without | " + " | ".join(sets) + " |",
         "| --- | --- | " + " | ".join("---" for _ in sets) + " |",
     ]
-    for module, (with_it, without) in MODULES.items():
+    for module, (with_it, without) in pairs.items():
         cells = []
         for s in sets:
             if with_it not in scores.values[s] or without not in scores.values[s]:
@@ -366,9 +373,9 @@ class V2Options:
     judges: tuple[str, ...] = ()  # more GenFilt judges: querylife_full retrained with each
 
 
-def train_large(prep: Prepared, opts: V2Options) -> dict[str, list[Path]]:
-    """Variants trained on the larger catalogue; refused if any product of the evaluation's test split
-    would be trained on there."""
+def train_large(prep: Prepared, opts: V2Options) -> dict[str, tuple[str, list[Path]]]:
+    """Variants trained on the larger catalogue, by row name -> (variant, runs); refused if any product
+    of the evaluation's test split would be trained on there."""
     from querylife.train import prepare
 
     assert opts.large is not None
@@ -380,7 +387,7 @@ def train_large(prep: Prepared, opts: V2Options) -> dict[str, list[Path]]:
     seeds = opts.seeds if opts.large_seeds is None else opts.large_seeds
     runs = train_seeds(big, opts.large_variants, seeds, opts.runs_dir, opts.judge, tag=LARGE_TAG)
     n = len(big.splits["train"].products)
-    return {f"{name} (trained on {n:,} products)": paths for name, paths in runs.items()}
+    return {f"{name} (trained on {n:,} products)": (name, paths) for name, paths in runs.items()}
 
 
 def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
@@ -394,8 +401,8 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
         raise FileNotFoundError(f"no GenFilt cache for {missing} (build it with `querylife genfilt-cache`)")
     extra = tuple(v for v in judged.values() if v not in opts.variants and v != JUDGED)
     runs = train_seeds(prep, (*opts.variants, *extra), opts.seeds, opts.runs_dir, opts.judge)
-    if opts.large is not None:
-        runs.update(train_large(prep, opts))
+    large = train_large(prep, opts) if opts.large is not None else {}
+    runs.update({row: paths for row, (_, paths) in large.items()})
     test = prep.splits["test"]
     dev_q, test_q = load_graded(half="dev"), load_graded(half="test")
     sets = {
@@ -412,11 +419,14 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
         f"`{SERVED}`: querylife/weights as committed (one seed). Contact sheet: "
         "reports/model_contact_sheet.png (hand dev queries, served head beside seed-0 baseline_mean).",
     ]
-    if opts.large is not None:
+    if large:
         notes.append(
             "Large catalogue rows: the variants that need no GenFilt judge only (the SmolLM2 judge has no "
             "judgements for the large catalogue's generated queries); scored on the same test products."
         )
+        pairs = {v: (row, v) for row, (v, _) in large.items()}
+        title = "What the large catalogue adds (the same variant, large − small catalogue, 95 % interval)"
+        notes.append(render_modules(scores, opts.n_boot, pairs, title, what="variant"))
     if opts.judges:
         notes.append(render_judges(scores, judged, opts.n_boot))
     notes += [
