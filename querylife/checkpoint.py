@@ -85,8 +85,19 @@ def weights_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def version_for(state: dict[str, torch.Tensor]) -> str:
-    return f"querylife-v1-{weights_hash(state)[:10]}"
+VERSION_PREFIX = "querylife-v2"
+"""v2: the version hashes everything that makes a score (v1 hashed the weights only, so a refit of
+the label thresholds changed what a version answered without changing its name)."""
+
+
+def version_for(weights_sha256: str, meta: dict[str, Any]) -> str:
+    """The served name of a head: its weights, calibration (score mapping and label thresholds),
+    image size and head config. Any change to one of them is a new version, exported beside the
+    served one and rolled out through `qlworker rollout`."""
+    scored = {k: meta[k] for k in ("calibration", "image_size", "head_config", "type_vocab")}
+    h = hashlib.sha256(weights_sha256.encode())
+    h.update(json.dumps(scored, sort_keys=True).encode())
+    return f"{VERSION_PREFIX}-{h.hexdigest()[:10]}"
 
 
 def save_head(
@@ -100,11 +111,9 @@ def save_head(
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-    version = version_for(state)
     torch.save(state, out / WEIGHTS_FILE)
     meta: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
-        "version": version,
         "weights_sha256": weights_hash(state),
         "image_size": image_size,
         "head_config": head.config,
@@ -112,20 +121,24 @@ def save_head(
         "calibration": calibration.to_dict(),
     }
     meta.update(extra or {})
+    meta["version"] = version_for(meta["weights_sha256"], meta)
     _write_meta(out, meta)
-    return version
+    return str(meta["version"])
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def save_calibration(path: str | Path, calibration: Calibration) -> None:
-    """Replace only head.json's calibration: weights, version and every other field stay as they are."""
+def save_calibration(path: str | Path, calibration: Calibration) -> str:
+    """Replace head.json's calibration; the weights stay, the version becomes the new one (returned):
+    the same name must never answer with other scores or labels."""
     src = Path(path)
     meta = json.loads((src / META_FILE).read_text())
     meta["calibration"] = calibration.to_dict()
+    meta["version"] = version_for(meta["weights_sha256"], meta)
     _write_meta(src, meta)
+    return str(meta["version"])
 
 
 def load_head(path: str | Path | None = None) -> tuple[Head, Calibration, dict[str, Any]]:

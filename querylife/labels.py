@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = split_pairs(head, meta, a.data_dir, a.cache_dir)
     if a.action == "refit":
         cal = refit_thresholds(cal, *pairs["val"])
-        save_calibration(a.head, cal)
+        pairs["version"] = save_calibration(a.head, cal)  # new thresholds, new version
     path = write_report(build_report(cal, pairs), a.reports, "python -m querylife.labels " + " ".join(args))
     for f in cal.label_fits:
         print(f"{f.target.label}: threshold {f.threshold:.5f}, validation {f.precision:.3f} / {f.recall:.3f}")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from querylife.calibration import Calibration
-from querylife.checkpoint import Head, load_head, save_head, version_for
+from querylife.checkpoint import Head, load_head, save_calibration, save_head, version_for
 from querylife.model import QueryLifeModel, load_model
 from schemas import ScoreLabel
 
@@ -63,7 +63,11 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert cal2 == cal and meta["metrics"] == {"ndcg10": 0.5} and meta["version"] == version
     s1, s2 = head.state_dict(), head2.state_dict()
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
-    assert version_for(s2) == version
+    assert version_for(meta["weights_sha256"], meta) == version and version.startswith("querylife-v2-")
+    # a refit of the calibration alone is a new version: a name never answers with other labels
+    refit = save_calibration(tmp_path, Calibration(a=12.5, b=-6.0, thresholds=[0.2, 0.5, 0.9]))
+    assert refit != version and load_head(tmp_path)[2]["version"] == refit
+    assert save_calibration(tmp_path, cal) == version  # the same calibration, the same name
     # tampered weights are refused
     state = torch.load(tmp_path / "head.pt", weights_only=True)
     state["logit_scale.value"] = state["logit_scale.value"] + 1
