@@ -13,6 +13,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,16 +53,14 @@ def main() -> None:
     for b in (int(x) for x in a.batches.split(",")):
         texts = titles[:b]
         pix = preprocess([decode_image(j) for j in jpegs[:b]], model.image_size)
+
+        def full_image(b: int = b) -> object:
+            return model.encode_images(preprocess([decode_image(j) for j in jpegs[:b]], model.image_size))
+
         rows = {
-            "text (encode_texts)": _rate(lambda texts=texts: model.encode_texts(texts), b, a.seconds),
-            "image (model only)": _rate(lambda pix=pix: model.encode_images(pix), b, a.seconds),
-            "image (jpeg->decode->preprocess->model)": _rate(
-                lambda b=b: model.encode_images(
-                    preprocess([decode_image(j) for j in jpegs[:b]], model.image_size)
-                ),
-                b,
-                a.seconds,
-            ),
+            "text (encode_texts)": _rate(partial(model.encode_texts, texts), b, a.seconds),
+            "image (model only)": _rate(partial(model.encode_images, pix), b, a.seconds),
+            "image (jpeg->decode->preprocess->model)": _rate(full_image, b, a.seconds),
         }
         for name, r in rows.items():
             print(f"batch {b:>3}  {name:<42} {r:8.1f} items/s")

@@ -298,16 +298,23 @@ def batch_sweep(
                 ones = torch.ones(b, dtype=torch.bool)
                 return model.fuse(model.encode_texts(titles), model.encode_images(pixels), types, ones, ones)
 
+            def text_triton(b: int = b) -> object:
+                return client.query_relevance(queries(b), emb[:b])
+
+            def product_triton(
+                titles: list[str] = titles, types: list[str] = types, pics: list[bytes] = pics
+            ) -> object:
+                return client.product_embeddings(list(titles), types, list(pics))
+
+            def raw_image_local(pics: list[bytes] = pics) -> object:
+                return model.encode_images(preprocess([decode_image(j) for j in pics], model.image_size))
+
             cells: dict[str, Callable[[], object]] = {
-                "text triton (query_relevance)": lambda b=b: client.query_relevance(queries(b), emb[:b]),
+                "text triton (query_relevance)": text_triton,
                 "text in-process": text_local,
-                "product triton (product_embedding)": lambda t=titles, y=types, p=pics: (
-                    client.product_embeddings(list(t), y, list(p))
-                ),
+                "product triton (product_embedding)": product_triton,
                 "product in-process": product_local,
-                "raw image encoder in-process": lambda p=pics: model.encode_images(
-                    preprocess([decode_image(j) for j in p], model.image_size)
-                ),
+                "raw image encoder in-process": raw_image_local,
             }
             with torch.inference_mode():
                 for name, fn in cells.items():
