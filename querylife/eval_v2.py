@@ -70,15 +70,22 @@ def run_dir(runs_dir: Path, variant: str, seed: int, tag: str = "") -> Path:
 def train_seeds(
     prep: Prepared, variants: Sequence[str], seeds: Sequence[int], runs_dir: Path, judge: str, tag: str = ""
 ) -> dict[str, list[Path]]:
-    """Each variant trained once per seed; a finished run (metrics.json present) is reused."""
+    """Each variant trained once per seed; a finished run (metrics.json present) is reused, refused
+    if its GenFilt judge is not the one asked for (plain run names do not carry the judge)."""
     runs: dict[str, list[Path]] = {}
     for name in variants:
         for seed in seeds:
             out = run_dir(runs_dir, name, seed, tag)
-            if not (out / "metrics.json").exists():
-                base, variant_judge = parse_variant(name, judge)
-                cfg = variant_config(base, judge=variant_judge, image_size=prep.image_size, seed=seed)
+            base, variant_judge = parse_variant(name, judge)
+            cfg = variant_config(base, judge=variant_judge, image_size=prep.image_size, seed=seed)
+            done = out / "metrics.json"
+            if not done.exists():
                 train(cfg, prep, out, resume=True, progress=False)
+            elif (trained := json.loads(done.read_text())["config"]["genfilt"]) != cfg.genfilt:
+                raise ValueError(
+                    f"{out} was trained with GenFilt {trained!r}, not {cfg.genfilt!r}: ask for "
+                    f"{with_judge(base, cfg.genfilt)} (--judges) or use another --runs-dir"
+                )
             runs.setdefault(name, []).append(out)
     return runs
 

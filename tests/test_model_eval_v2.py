@@ -212,3 +212,18 @@ def test_judged_variants_are_named_by_judge_and_compared_with_the_genfilt_ablati
     assert "| smollm2 | querylife_full | +0.0500 [+0.0500, +0.0500] helps |" in table
     assert "| gemma3 | querylife_full[gemma3] | +0.0000 [+0.0000, +0.0000] no detectable" in table
     assert "| x | absent | - |" in table
+
+
+def test_a_cached_run_trained_with_another_judge_is_refused(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from querylife.eval_v2 import run_dir, train_seeds
+
+    out = run_dir(tmp_path, "querylife_full", 0)
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"config": {"genfilt": "smollm2"}}))
+    prep: Any = SimpleNamespace(image_size=128)
+    assert train_seeds(prep, ["querylife_full"], [0], tmp_path, "smollm2") == {"querylife_full": [out]}
+    with pytest.raises(ValueError, match=r"querylife_full\[gemma3\]"):
+        train_seeds(prep, ["querylife_full"], [0], tmp_path, "gemma3")
