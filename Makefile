@@ -30,7 +30,7 @@ reproduce: install
 LARGE_DATA ?= ../shared/data/fashion-products-large
 reproduce-large: install
 	.venv/bin/querylife evaluate-v2 --large-data $(LARGE_DATA) --large-seeds 3 \
-		--large-variants baseline_mean,ablate_no_genfilt,baseline_concat,zero_shot $(ARGS)
+		--large-variants baseline_mean,ablate_no_genfilt,baseline_concat,zero_shot --judges gemma3,overlap $(ARGS)
 
 schemas: install
 	.venv/bin/python -m schemas.export

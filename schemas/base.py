@@ -76,5 +76,5 @@ EventTime = Annotated[AwareDatetime, Field(strict=False)]
 
 MODEL_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ModelVersion = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=MODEL_VERSION_PATTERN)]
-"""A served model's version (e.g. `querylife-v1-5e4a6295a6`). Topic-name safe: the embeddings of
+"""A served model's version (e.g. `querylife-v2-d030295acf`). Topic-name safe: the embeddings of
 version V live in the topic `<embeddings prefix>.V` (docs/contracts.md)."""

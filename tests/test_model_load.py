@@ -16,7 +16,7 @@ def model() -> QueryLifeModel:
 
 
 def test_load_model_contract_and_determinism(model: QueryLifeModel) -> None:
-    assert model.version.startswith("querylife-v1-") and model.embed_dim == 256
+    assert model.version.startswith("querylife-v2-") and model.embed_dim == 256
     assert "Tshirts" in model.product_types and model.image_size in (128, 160, 192, 224)
     texts = ["black running shoes men", "Nike Men White Sports Shoes", ""]
     a = model.encode_texts(texts)
