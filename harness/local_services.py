@@ -374,12 +374,14 @@ class LocalTriton:
             self.process.stop(timeout_s=20)
 
 
-def prepare_model_repository(target: Path, source: Path | None = None) -> Path:
-    """Copy the Triton layout (default: the repo's `model_repository/`) and export the committed model
-    into it, so a server never loads from (or writes into) the source tree."""
+def prepare_model_repository(
+    target: Path, source: Path | None = None, checkpoint: Path | None = None
+) -> Path:
+    """Copy the Triton layout (default: the repo's `model_repository/`) and export a head into it
+    (default: the committed one), so a server never loads from (or writes into) the source tree."""
     from querylife.export import export_main  # torch: only for the callers that start Triton
 
     source = source or Path(__file__).resolve().parents[1] / "model_repository"
     shutil.copytree(source, target, dirs_exist_ok=True)
-    export_main(["--out", str(target)])
+    export_main(["--out", str(target)] + ([] if checkpoint is None else ["--checkpoint", str(checkpoint)]))
     return target

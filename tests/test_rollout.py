@@ -1,12 +1,14 @@
 """A whole model rollout and rollback on the real broker and the real Triton, run from the runbook.
 
 The commands come from docs/deploying.md (the block between `runbook:begin` and `runbook:end`), so the
-documented steps are the tested ones. Two real versions: the committed head (`$OLD`) and the same
-recipe trained with seed 1 (`$NEW`, tests/fixtures/head-seed1). Query logs and product upserts stream
-through every phase; each phase checks: nothing lost, no score whose query and embedding versions
-differ, every score from the version that phase serves, and (recomputed against that version's own
-ensembles) the score itself, so a query of one model compared with another model's embedding would
-show as a wrong value even if it were labelled right.
+documented steps are the tested ones. Two real versions: by default the committed head (`$OLD`) and
+tests/fixtures/head-seed1 (`$NEW`: the previous served recipe, querylife_full, trained with seed 1).
+`QL_ROLLOUT_SERVED_HEAD` / `QL_ROLLOUT_CANDIDATE_HEAD` name other head folders, e.g. to run a real
+release's upgrade (the previous served head to the committed one) through the same runbook. Query
+logs and product upserts stream through every phase; each phase checks: nothing lost, no score whose
+query and embedding versions differ, every score from the version that phase serves, and
+(recomputed against that version's own ensembles) the score itself, so a query of one model
+compared with another model's embedding would show as a wrong value even if it were labelled right.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from schemas.embeddings import embedding_array
 from schemas.lifecycle import ShadowScores
 from tests.conftest import (
     REPO,
-    SERVED_VERSION,
     RunningWorker,
     latest,
     latest_impressions,
@@ -52,7 +53,9 @@ from worker.config import Settings
 from worker.kafka_io import create_topics, make_producer
 from worker.triton_client import RelevanceClient
 
-CANDIDATE_HEAD = REPO / "tests" / "fixtures" / "head-seed1"
+SERVED_HEAD = Path(os.environ.get("QL_ROLLOUT_SERVED_HEAD", REPO / "querylife" / "weights"))
+CANDIDATE_HEAD = Path(os.environ.get("QL_ROLLOUT_CANDIDATE_HEAD", REPO / "tests" / "fixtures" / "head-seed1"))
+OLD_VERSION: str = json.loads((SERVED_HEAD / "head.json").read_text())["version"]
 NEW_VERSION: str = json.loads((CANDIDATE_HEAD / "head.json").read_text())["version"]
 RUNBOOK = re.compile(r"<!-- runbook:begin -->\s*```sh\n(.*?)```\s*<!-- runbook:end -->", re.S)
 PRODUCTS, LATE_PRODUCTS, LOGS_PER_PHASE, SHOWN = 60, 8, 12, 5
@@ -74,7 +77,7 @@ class Rollout:
     env: dict[str, str]
     product_workers: dict[str, RunningWorker] = field(default_factory=dict)
     query_worker: RunningWorker | None = None
-    serving: str = SERVED_VERSION
+    serving: str = OLD_VERSION
 
     def deploy(self, line: str) -> None:
         words = shlex.split(os.path.expandvars(line.removeprefix("# deploy:")))
@@ -182,7 +185,9 @@ def own_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Local
     """A Triton of its own: loading a version reloads the python models, so a request some other
     test left in flight on the session's server must not hold this test's load (and the session's
     server never serves the candidate)."""
-    repository = prepare_model_repository(tmp_path_factory.mktemp("rollout") / "model_repository")
+    repository = prepare_model_repository(
+        tmp_path_factory.mktemp("rollout") / "model_repository", checkpoint=SERVED_HEAD
+    )
     server = LocalTriton(repository, log_dir=tmp_path_factory.mktemp("rollout-logs")).start()
     yield server, repository
     server.stop()
@@ -192,8 +197,10 @@ def test_rollout_and_rollback_from_the_runbook(
     broker: LocalBroker, own_triton: tuple[LocalTriton, Path], data_dir: Path, tmp_path: Path
 ) -> None:
     triton, model_repository = own_triton
-    assert NEW_VERSION != SERVED_VERSION
-    settings = make_settings(broker, triton, image_root=data_dir / "images", unknown_product_wait_s=1.0)
+    assert NEW_VERSION != OLD_VERSION
+    settings = make_settings(
+        broker, triton, image_root=data_dir / "images", unknown_product_wait_s=1.0, model_version=OLD_VERSION
+    )
     create_topics(settings)
     catalogue = load_catalogue(data_dir, PRODUCTS + LATE_PRODUCTS)
     known, late = catalogue[:PRODUCTS], catalogue[PRODUCTS:]
@@ -202,7 +209,7 @@ def test_rollout_and_rollback_from_the_runbook(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("QL_")},
         **settings.to_env(),
-        "OLD": SERVED_VERSION,
+        "OLD": OLD_VERSION,
         "NEW": NEW_VERSION,
         "CANDIDATE_HEAD": str(CANDIDATE_HEAD),
         "MODEL_REPOSITORY": str(model_repository),
@@ -227,10 +234,10 @@ def test_rollout_and_rollback_from_the_runbook(
         )
 
     try:
-        rollout.deploy(f"# deploy: product workers QL_WORKER_MODEL_VERSION={SERVED_VERSION}")
-        rollout.deploy(f"# deploy: query workers QL_WORKER_MODEL_VERSION={SERVED_VERSION}")
+        rollout.deploy(f"# deploy: product workers QL_WORKER_MODEL_VERSION={OLD_VERSION}")
+        rollout.deploy(f"# deploy: query workers QL_WORKER_MODEL_VERSION={OLD_VERSION}")
         upsert(known)
-        old_topic = settings.topics.embeddings_for(SERVED_VERSION)
+        old_topic = settings.topics.embeddings_for(OLD_VERSION)
         wait_until("the served version's state", lambda: len(latest(settings, old_topic)) == PRODUCTS, 300)
         traffic()
         for step in runbook_steps():
@@ -249,25 +256,25 @@ def test_rollout_and_rollback_from_the_runbook(
             assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-2000:])
             check_output(line, done.stdout)
         # before, backfilled, shadow, switched, rolled back: each phase by the version it served
-        assert phases == [SERVED_VERSION, SERVED_VERSION, SERVED_VERSION, NEW_VERSION, SERVED_VERSION]
+        assert phases == [OLD_VERSION, OLD_VERSION, OLD_VERSION, NEW_VERSION, OLD_VERSION]
         records = [
             decode_event(ShadowScores, v)
             for v in latest(settings, settings.topics.shadow_scores).values()
             if v
         ]
         assert len(records) >= LOGS_PER_PHASE
-        assert {(r.serving_version, r.candidate_version) for r in records} == {(SERVED_VERSION, NEW_VERSION)}
-        for version in (SERVED_VERSION, NEW_VERSION):
+        assert {(r.serving_version, r.candidate_version) for r in records} == {(OLD_VERSION, NEW_VERSION)}
+        for version in (OLD_VERSION, NEW_VERSION):
             table = latest(settings, settings.topics.embeddings_for(version))
             assert {str(p["product_id"]).encode() for p in catalogue} <= set(table)  # late ones too
             assert {decode_event(ProductEmbeddingV2, v).model_version for v in table.values() if v} == {
                 version
             }
-        for role, version, directory in (("serving", SERVED_VERSION, "1"), ("shadow", NEW_VERSION, "2")):
+        for role, version, directory in (("serving", OLD_VERSION, "1"), ("shadow", NEW_VERSION, "2")):
             labels = {"role": role, "model_version": version, "triton_version": directory}
             assert REGISTRY.get_sample_value("querylife_model_info", labels) == 1.0
-        with RelevanceClient(settings.triton, SERVED_VERSION) as client:
-            assert client.served_versions() == [SERVED_VERSION]  # retired
+        with RelevanceClient(settings.triton, OLD_VERSION) as client:
+            assert client.served_versions() == [OLD_VERSION]  # retired
     finally:
         producer.close()
         rollout.stop()
