@@ -380,6 +380,13 @@ class V2Options:
     judges: tuple[str, ...] = ()  # more GenFilt judges: querylife_full retrained with each
 
 
+def large_judge(judge: str) -> str:
+    """The judge's verdicts on the large catalogue's own queries: a cache of their own
+    (`querylife/genfilt_cache/large/<judge>.jsonl`), so they never change what a small-catalogue run
+    masks (its cached runs stay reproducible)."""
+    return f"{LARGE_TAG}/{judge}"
+
+
 def train_large(prep: Prepared, opts: V2Options) -> dict[str, tuple[str, list[Path]]]:
     """Variants trained on the larger catalogue, by row name -> (variant, runs); refused if any product
     of the evaluation's test split would be trained on there."""
@@ -392,7 +399,15 @@ def train_large(prep: Prepared, opts: V2Options) -> dict[str, tuple[str, list[Pa
     if seen:
         raise ValueError(f"{len(seen)} test products are in the large catalogue's train/val splits")
     seeds = opts.seeds if opts.large_seeds is None else opts.large_seeds
-    runs = train_seeds(big, opts.large_variants, seeds, opts.runs_dir, opts.judge, tag=LARGE_TAG)
+    judge = large_judge(opts.judge)
+    needs = [v for v in opts.large_variants if variant_config(v, judge=judge).genfilt == judge]
+    if needs and not genfilt_cache_path(judge).exists():
+        raise FileNotFoundError(
+            f"{needs} on the large catalogue need {genfilt_cache_path(judge)}: judge its queries with "
+            f"`querylife genfilt-cache --products <large>/products.jsonl --cache-dir "
+            f"querylife/genfilt_cache/{LARGE_TAG}` (make genfilt-large)"
+        )
+    runs = train_seeds(big, opts.large_variants, seeds, opts.runs_dir, judge, tag=LARGE_TAG)
     n = len(big.splits["train"].products)
     return {f"{name} (trained on {n:,} products)": (name, paths) for name, paths in runs.items()}
 

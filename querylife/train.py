@@ -49,7 +49,7 @@ class TrainConfig:
     w_qi: float = 0.5
     w_qt: float = 0.5
     w_it: float = 0.25
-    genfilt: str = "none"  # none | <judge name> (querylife/genfilt_cache/<judge>.jsonl) | oracle
+    genfilt: str = "none"  # none | [<catalogue>/]<judge> (querylife/genfilt_cache/<that>.jsonl) | oracle
     # measured: type-aware batches hurt unless false negatives are filtered near-perfectly (see report)
     sampler: str = "random"  # random | mixed | type_aware
     types_per_batch: int = 4
@@ -247,7 +247,7 @@ def make_mask_fn(cfg: TrainConfig, s: SplitData) -> Callable[[list[int]], torch.
     path = genfilt_cache_path(cfg.genfilt)
     if not path.exists():
         print(f"warning: GenFilt cache {path} missing: only same-product/same-text pairs are masked")
-    judgements = genfilt.load_judgements(path, cfg.genfilt)
+    judgements = genfilt.load_judgements(path, Path(cfg.genfilt).name)  # "large/smollm2": smollm2's
 
     def judged(qs: list[int]) -> torch.Tensor:
         texts = [s.queries[q].text for q in qs]

@@ -227,3 +227,15 @@ def test_a_cached_run_trained_with_another_judge_is_refused(tmp_path: Path) -> N
     assert train_seeds(prep, ["querylife_full"], [0], tmp_path, "smollm2") == {"querylife_full": [out]}
     with pytest.raises(ValueError, match=r"querylife_full\[gemma3\]"):
         train_seeds(prep, ["querylife_full"], [0], tmp_path, "gemma3")
+
+
+def test_large_catalogue_judgements_are_kept_apart() -> None:
+    """A judge's verdicts on the large catalogue's queries live in a cache of their own, so judging them
+    never changes what a small-catalogue run masks; the records still carry the judge's own name."""
+    from querylife.eval_v2 import large_judge
+    from querylife.train import genfilt_cache_path, variant_config
+
+    judge = large_judge("smollm2")
+    assert genfilt_cache_path(judge) == genfilt_cache_path("smollm2").parent / "large" / "smollm2.jsonl"
+    assert variant_config("querylife_full", judge=judge).genfilt == judge
+    assert variant_config("ablate_no_genfilt", judge=judge).genfilt == "none"
