@@ -28,11 +28,13 @@ reproduce: install
 # The long runs (#22), on the 41k-product catalogue (runs cached in .cache/runs-v2, resumable).
 LARGE_DATA ?= ../shared/data/fashion-products-large
 
-# evaluate-v2 with the judge-free variants also trained on the large catalogue, 3 seeds each
-# (~4.5 min a run on 2 cores), and querylife_full retrained with each other GenFilt judge.
+# evaluate-v2 with every variant also trained on the large catalogue, 3 seeds each (~4-10 min a run
+# on 2 cores; GenFilt variants use the committed genfilt_cache/large/ verdicts), and querylife_full
+# retrained with each other GenFilt judge.
+LARGE_VARIANTS ?= baseline_mean,baseline_concat,zero_shot,querylife_full,ablate_no_type_fusion,ablate_no_alignment,ablate_no_genfilt,image_adapter
 reproduce-large: install
 	.venv/bin/querylife evaluate-v2 --large-data $(LARGE_DATA) --large-seeds 3 \
-		--large-variants baseline_mean,ablate_no_genfilt,baseline_concat,zero_shot --judges gemma3,overlap $(ARGS)
+		--large-variants $(LARGE_VARIANTS) --judges gemma3,overlap $(ARGS)
 
 # SmolLM2's verdicts on the large catalogue's own training queries (the committed small-catalogue
 # cache's sample sizes; ~20 min on one core), kept apart in genfilt_cache/large/: what GenFilt

@@ -443,8 +443,9 @@ def evaluate_v2(prep: Prepared, opts: V2Options) -> dict[str, dict[str, Cell]]:
     ]
     if large:
         notes.append(
-            "Large catalogue rows: the variants that need no GenFilt judge only (the SmolLM2 judge has no "
-            "judgements for the large catalogue's generated queries); scored on the same test products."
+            "Large catalogue rows: trained on the larger catalogue (GenFilt variants with the judge's "
+            f"verdicts on its own queries, querylife/genfilt_cache/{LARGE_TAG}/), scored on the same test "
+            "products and queries."
         )
         pairs = {v: (row, v) for row, (v, _) in large.items()}
         title = "What the large catalogue adds (the same variant, large − small catalogue, 95 % interval)"
