@@ -234,6 +234,15 @@ MODULES = {  # module -> (the variant with it, its parent without it)
 }
 
 
+def delta_cell(scores: Scores, qset: str, with_it: str, without: str, n_boot: int) -> str:
+    """One table cell: `with_it` minus `without` on a query set, paired by query, with its interval and
+    verdict; "-" when either row is missing there."""
+    if with_it not in scores.values[qset] or without not in scores.values[qset]:
+        return "-"
+    i = paired_bootstrap(scores.query_mean(qset, with_it), scores.query_mean(qset, without), n_boot=n_boot)
+    return f"{i.delta:+.4f} [{i.lo:+.4f}, {i.hi:+.4f}] {i.verdict()}"
+
+
 def render_modules(
     scores: Scores,
     n_boot: int = 2000,
@@ -251,13 +260,7 @@ def render_modules(
         "| --- | --- | " + " | ".join("---" for _ in sets) + " |",
     ]
     for module, (with_it, without) in pairs.items():
-        cells = []
-        for s in sets:
-            if with_it not in scores.values[s] or without not in scores.values[s]:
-                cells.append("-")
-                continue
-            i = paired_bootstrap(scores.query_mean(s, with_it), scores.query_mean(s, without), n_boot=n_boot)
-            cells.append(f"{i.delta:+.4f} [{i.lo:+.4f}, {i.hi:+.4f}] {i.verdict()}")
+        cells = [delta_cell(scores, s, with_it, without, n_boot) for s in sets]
         lines.append(f"| {module} | {with_it} − {without} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -273,14 +276,7 @@ def render_judges(scores: Scores, judges: dict[str, str], n_boot: int = 2000) ->
         "| --- | --- | " + " | ".join("---" for _ in sets) + " |",
     ]
     for judge, variant in judges.items():
-        cells = []
-        for s in sets:
-            if variant not in scores.values[s]:
-                cells.append("-")
-                continue
-            no_genfilt = scores.query_mean(s, "ablate_no_genfilt")
-            i = paired_bootstrap(scores.query_mean(s, variant), no_genfilt, n_boot=n_boot)
-            cells.append(f"{i.delta:+.4f} [{i.lo:+.4f}, {i.hi:+.4f}] {i.verdict()}")
+        cells = [delta_cell(scores, s, variant, "ablate_no_genfilt", n_boot) for s in sets]
         lines.append(f"| {judge} | {variant} | " + " | ".join(cells) + " |")
     lines += ["", "Judge quality (AUC, precision, recall): querylife/genfilt_cache/<judge>_report.json."]
     return "\n".join(lines)
